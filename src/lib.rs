@@ -1,0 +1,26 @@
+//! walhook: PostgreSQL row changes as webhooks.
+//!
+//! Data flows one way, with one feedback edge:
+//!
+//! ```text
+//! source (replication connection → pgoutput → relation cache → values)
+//!   → triggers (table, events, CEL `when`, `changed`, projection)
+//!   → delivery (per target: ordered lanes, HTTP, retry, signing)
+//!   → progress (acks → the highest LSN safe to confirm) → standby status to Postgres
+//! ```
+//!
+//! - [`lsn`]: WAL positions.
+//! - [`source`]: everything that speaks to Postgres.
+//! - [`event`]: the row change and the webhook envelope built from it.
+//! - [`config`]: walhook.toml, interpolation and validation.
+//! - [`triggers`]: which trigger a change fires, and the payload it gets.
+//! - [`delivery`]: HTTP delivery per target, signing, retry.
+//! - [`progress`]: in-flight transactions and the LSN that is safe to confirm.
+
+pub mod config;
+pub mod delivery;
+pub mod event;
+pub mod lsn;
+pub mod progress;
+pub mod source;
+pub mod triggers;
