@@ -1,0 +1,3 @@
+//! Test support: a throwaway Postgres cluster.
+
+pub mod pg;
