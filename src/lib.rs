@@ -23,4 +23,5 @@ pub mod event;
 pub mod lsn;
 pub mod progress;
 pub mod source;
+pub mod tail;
 pub mod triggers;

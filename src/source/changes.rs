@@ -1,0 +1,276 @@
+//! pgoutput Insert/Update/Delete + the cached relation → a [`Change`] with JSON rows.
+//!
+//! What the old row looks like depends on REPLICA IDENTITY (../shared/PROTOCOL-NOTES.md):
+//! FULL sends the whole old row ('O'); DEFAULT/INDEX send the key ('K', nulls elsewhere)
+//! for deletes and for updates that changed the key, and nothing for other updates.
+//! Unchanged TOASTed values arrive as 'u' and are filled from a FULL old row when present.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::event::{Change, ChangeKind, Row};
+use crate::lsn::Lsn;
+use crate::source::pgoutput::{OldTuple, PgTimestamp, Tuple, TupleValue};
+use crate::source::relations::CachedRelation;
+use crate::source::values::{self, ValueError};
+
+/// The transaction a change belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct TxnContext {
+    /// Commit record LSN (Begin's final_lsn).
+    pub commit_lsn: Lsn,
+    /// Transaction id.
+    pub xid: u32,
+    /// Commit time.
+    pub committed_at: PgTimestamp,
+}
+
+/// A row change could not be turned into JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The tuple has a different number of columns than its Relation message.
+    #[error("{table}: row has {got} columns but the relation has {expected}")]
+    ColumnCount {
+        /// schema.table
+        table: String,
+        /// Columns in the tuple.
+        got: usize,
+        /// Columns in the relation.
+        expected: usize,
+    },
+    /// A column value could not be converted.
+    #[error("{table}.{column}: {source}")]
+    Value {
+        /// schema.table
+        table: String,
+        /// Column name.
+        column: String,
+        /// What was wrong.
+        source: ValueError,
+    },
+    /// Binary-format values are never requested; receiving one is a protocol mismatch.
+    #[error("{table}.{column}: value arrived in binary format, which walhook does not request")]
+    Binary {
+        /// schema.table
+        table: String,
+        /// Column name.
+        column: String,
+    },
+}
+
+/// Decoded columns of one tuple: `None` where Postgres sent no value (unchanged TOAST).
+struct Decoded(Vec<Option<Value>>);
+
+fn decode_tuple(rel: &CachedRelation, tuple: &Tuple) -> Result<Decoded, ChangeError> {
+    let cols = &rel.relation.columns;
+    let table = || format!("{}.{}", rel.schema, rel.table);
+    if tuple.0.len() != cols.len() || rel.types.len() != cols.len() {
+        return Err(ChangeError::ColumnCount {
+            table: table(),
+            got: tuple.0.len(),
+            expected: cols.len(),
+        });
+    }
+    let mut out = Vec::with_capacity(cols.len());
+    for ((value, col), ty) in tuple.0.iter().zip(cols).zip(&rel.types) {
+        out.push(match value {
+            TupleValue::Null => Some(Value::Null),
+            TupleValue::UnchangedToast => None,
+            TupleValue::Text(bytes) => {
+                let text = std::str::from_utf8(bytes).map_err(|_| ChangeError::Value {
+                    table: table(),
+                    column: col.name.clone(),
+                    source: ValueError::not_utf8(),
+                })?;
+                Some(
+                    values::text_to_json(ty, text).map_err(|source| ChangeError::Value {
+                        table: table(),
+                        column: col.name.clone(),
+                        source,
+                    })?,
+                )
+            }
+            TupleValue::Binary(_) => {
+                return Err(ChangeError::Binary {
+                    table: table(),
+                    column: col.name.clone(),
+                });
+            }
+        });
+    }
+    Ok(Decoded(out))
+}
+
+impl Decoded {
+    /// The whole row; unsent TOAST values are left out.
+    fn row(&self, rel: &CachedRelation) -> Row {
+        let mut row = Row::with_capacity(self.0.len());
+        for (v, col) in self.0.iter().zip(&rel.relation.columns) {
+            if let Some(v) = v {
+                row.insert(col.name.clone(), v.clone());
+            }
+        }
+        row
+    }
+
+    /// Only the replica identity key columns (a 'K' tuple has nulls elsewhere).
+    fn key_row(&self, rel: &CachedRelation) -> Row {
+        let mut row = Row::new();
+        for (v, col) in self.0.iter().zip(&rel.relation.columns) {
+            if col.is_key {
+                if let Some(v) = v {
+                    row.insert(col.name.clone(), v.clone());
+                }
+            }
+        }
+        row
+    }
+
+    /// The row's identity for ordering: its ordering-key column values as JSON text.
+    fn identity(&self, rel: &CachedRelation) -> Option<String> {
+        if rel.key_columns.is_empty() {
+            return None;
+        }
+        let mut key = String::new();
+        for &i in &rel.key_columns {
+            match self.0.get(i) {
+                Some(Some(v)) => {
+                    let _ = write!(key, "{v},");
+                }
+                // A key value that was not sent (cannot happen for real keys) gives no identity.
+                _ => return None,
+            }
+        }
+        Some(key)
+    }
+}
+
+/// Builds the change for an Insert.
+pub fn insert(
+    rel: &CachedRelation,
+    txn: &TxnContext,
+    seq: u32,
+    new: &Tuple,
+) -> Result<Change, ChangeError> {
+    let new = decode_tuple(rel, new)?;
+    Ok(change(
+        rel,
+        txn,
+        seq,
+        ChangeKind::Create,
+        Some(new.row(rel)),
+        None,
+        None,
+        unsent(rel, &new),
+        new.identity(rel),
+    ))
+}
+
+/// Builds the change for an Update.
+pub fn update(
+    rel: &CachedRelation,
+    txn: &TxnContext,
+    seq: u32,
+    old: Option<&OldTuple>,
+    new: &Tuple,
+) -> Result<Change, ChangeError> {
+    let mut new = decode_tuple(rel, new)?;
+    let (old_record, changed) = match old {
+        Some(OldTuple::Full(t)) => {
+            let old = decode_tuple(rel, t)?;
+            // An unchanged TOAST value is in the full old row: fill it in.
+            for (n, o) in new.0.iter_mut().zip(&old.0) {
+                if n.is_none() {
+                    n.clone_from(o);
+                }
+            }
+            let changed = rel
+                .relation
+                .columns
+                .iter()
+                .zip(new.0.iter().zip(&old.0))
+                .filter(|(_, (n, o))| n.is_some() && o.is_some() && n != o)
+                .map(|(c, _)| c.name.clone())
+                .collect();
+            (Some(old.row(rel)), Some(changed))
+        }
+        Some(OldTuple::Key(t)) => (Some(decode_tuple(rel, t)?.key_row(rel)), None),
+        None => (None, None),
+    };
+    let unchanged_toast = unsent(rel, &new);
+    let identity = new.identity(rel);
+    Ok(change(
+        rel,
+        txn,
+        seq,
+        ChangeKind::Update,
+        Some(new.row(rel)),
+        old_record,
+        changed,
+        unchanged_toast,
+        identity,
+    ))
+}
+
+/// Builds the change for a Delete.
+pub fn delete(
+    rel: &CachedRelation,
+    txn: &TxnContext,
+    seq: u32,
+    old: &OldTuple,
+) -> Result<Change, ChangeError> {
+    let decoded = decode_tuple(rel, old.tuple())?;
+    let old_record = match old {
+        OldTuple::Full(_) => decoded.row(rel),
+        OldTuple::Key(_) => decoded.key_row(rel),
+    };
+    Ok(change(
+        rel,
+        txn,
+        seq,
+        ChangeKind::Delete,
+        None,
+        Some(old_record),
+        None,
+        Vec::new(),
+        decoded.identity(rel),
+    ))
+}
+
+fn unsent(rel: &CachedRelation, row: &Decoded) -> Vec<String> {
+    row.0
+        .iter()
+        .zip(&rel.relation.columns)
+        .filter(|(v, _)| v.is_none())
+        .map(|(_, c)| c.name.clone())
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn change(
+    rel: &CachedRelation,
+    txn: &TxnContext,
+    seq: u32,
+    kind: ChangeKind,
+    record: Option<Row>,
+    old_record: Option<Row>,
+    changed: Option<Vec<String>>,
+    unchanged_toast: Vec<String>,
+    key: Option<String>,
+) -> Change {
+    Change {
+        kind,
+        schema: rel.schema.clone(),
+        table: rel.table.clone(),
+        record,
+        old_record,
+        changed,
+        unchanged_toast,
+        commit_lsn: txn.commit_lsn,
+        xid: txn.xid,
+        committed_at: txn.committed_at,
+        seq,
+        key,
+    }
+}

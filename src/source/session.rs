@@ -1,0 +1,108 @@
+//! Opening a replication session: the catalog connection, the slot, START_REPLICATION with
+//! the options this server version understands.
+
+use crate::lsn::Lsn;
+use crate::source::connection::{self, ReplicationConnection};
+use crate::source::conninfo::ConnInfo;
+use crate::source::relations::RelationCache;
+use crate::source::setup::{self, quote_ident, quote_literal};
+use crate::source::stream::{ReplicationStream, SourceError};
+
+/// Which slot to stream from.
+#[derive(Debug, Clone)]
+pub enum Slot {
+    /// A temporary slot created for this session and dropped by the server when it ends.
+    Temporary(String),
+    /// A permanent slot, created if missing; streaming resumes at its confirmed position.
+    Permanent(String),
+}
+
+impl Slot {
+    /// The slot's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Slot::Temporary(n) | Slot::Permanent(n) => n,
+        }
+    }
+}
+
+/// Everything needed to start streaming.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Where to connect.
+    pub conninfo: ConnInfo,
+    /// The slot.
+    pub slot: Slot,
+    /// The publication to decode.
+    pub publication: String,
+}
+
+/// The `START_REPLICATION` options for a server version (`server_version_num`).
+///
+/// `messages` exists from Postgres 14; sending it to 13 fails the command.
+pub fn pgoutput_options(publication: &str, server_version_num: u32) -> String {
+    let mut options = format!(
+        "proto_version '1', publication_names {}",
+        quote_literal(&quote_ident(publication))
+    );
+    if server_version_num >= 140_000 {
+        options.push_str(", messages 'true'");
+    }
+    options
+}
+
+/// Connects, checks the preconditions, makes sure the slot exists, and starts streaming.
+pub async fn open(opts: &SessionOptions) -> Result<ReplicationStream, SourceError> {
+    let client = connection::connect_sql(&opts.conninfo).await?;
+    setup::check_wal_level(&client).await?;
+    setup::check_replication_role(&client).await?;
+    setup::check_publication(&client, &opts.publication).await?;
+    let mut repl = ReplicationConnection::connect(&opts.conninfo).await?;
+    let version = repl.server_version_num();
+    let slot = quote_ident(opts.slot.name());
+    let start = match &opts.slot {
+        Slot::Temporary(_) => {
+            let rows = repl
+                .simple_query(&format!(
+                    "CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT"
+                ))
+                .await?;
+            rows.first()
+                .and_then(|r| r.get(1))
+                .and_then(|lsn| lsn.parse::<Lsn>().ok())
+                .unwrap_or_default()
+        }
+        Slot::Permanent(name) => setup::ensure_slot(&client, name).await?.confirmed_flush,
+    };
+    let (reader, writer) = repl
+        .start_replication(&format!(
+            "START_REPLICATION SLOT {slot} LOGICAL {start} ({})",
+            pgoutput_options(&opts.publication, version)
+        ))
+        .await?;
+    tracing::info!(slot = opts.slot.name(), %start, "streaming");
+    Ok(ReplicationStream::new(
+        reader,
+        writer,
+        RelationCache::new(client),
+        start,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_follow_the_server_version() {
+        assert_eq!(
+            pgoutput_options("walhook", 130_012),
+            "proto_version '1', publication_names '\"walhook\"'"
+        );
+        assert!(pgoutput_options("walhook", 150_004).ends_with(", messages 'true'"));
+        assert_eq!(
+            pgoutput_options("it's", 130_000),
+            "proto_version '1', publication_names '\"it''s\"'"
+        );
+    }
+}
