@@ -22,6 +22,8 @@ pub mod delivery;
 pub mod event;
 pub mod lsn;
 pub mod progress;
+pub mod run;
+pub mod server;
 pub mod source;
 pub mod tail;
 pub mod triggers;

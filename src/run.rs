@@ -1,0 +1,299 @@
+//! `walhook run`: the daemon loop. Source → triggers → delivery, with acks → progress →
+//! the slot's confirmed position.
+//!
+//! Transaction ids handed to delivery carry the session number in their top bits: after a
+//! reconnect, jobs still queued from the old session may be delivered (and redelivered by
+//! the new session, with the same event ids), but their acks cannot move the new session's
+//! progress, which restarts from the slot's confirmed position.
+
+use std::collections::hash_map::DefaultHasher;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::{Config, Ordering};
+use crate::delivery::{DeliveryError, Dispatcher, Job, Target};
+use crate::event::Change;
+use crate::progress::{Progress, TxnId};
+use crate::source::conninfo::{ConnInfo, ConnInfoError};
+use crate::source::connection::{self, ConnectError};
+use crate::source::session::{self, SessionOptions, Slot};
+use crate::source::setup::{self, SetupError};
+use crate::source::stream::{Confirmer, ReplicationStream, SourceError, SourceEvent};
+use crate::triggers::{Router, TriggerError};
+
+/// How long in-flight requests may finish after SIGINT/SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+const SESSION_SHIFT: u32 = 40;
+
+/// Why the daemon stopped (other than being asked to).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `source.url` is not a valid connection string.
+    #[error("source.url: {0}")]
+    ConnInfo(#[from] ConnInfoError),
+    /// A trigger could not be compiled.
+    #[error(transparent)]
+    Trigger(#[from] TriggerError),
+    /// Delivery could not start.
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+    /// Set-up failed for a reason that retrying does not fix.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The catalog connection failed for a reason that retrying does not fix.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The source failed for a reason that retrying does not fix.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// The progress of the current session, shared with the ack task.
+struct Current {
+    session: u64,
+    progress: Progress,
+    confirmer: Option<Confirmer>,
+}
+
+fn tag(session: u64, txn: TxnId) -> u64 {
+    (session << SESSION_SHIFT) | txn
+}
+
+/// Delivery targets, one per trigger, in config order.
+fn targets(config: &Config) -> Vec<Target> {
+    config
+        .triggers
+        .iter()
+        .map(|t| Target {
+            name: t.name.clone(),
+            url: t.url.clone(),
+            method: t.method,
+            headers: t.headers.clone(),
+            secret: t.secret.clone(),
+            timeout: t.timeout,
+            retry: t.retry,
+            concurrency: t.concurrency,
+            ordering: t.ordering,
+            batch: t.batch,
+            on_4xx: t.on_4xx,
+        })
+        .collect()
+}
+
+/// Which lane of its target an event goes to: equal keys keep their order.
+fn order_key(ordering: Ordering, change: &Change, counter: &mut u64) -> u64 {
+    let mut h = DefaultHasher::new();
+    match (ordering, &change.key) {
+        (Ordering::None, _) => {
+            *counter = counter.wrapping_add(1);
+            return *counter;
+        }
+        (Ordering::Row, Some(key)) => (&*change.schema, &*change.table, key).hash(&mut h),
+        // A table without a key has no row identity: keep the table's order.
+        (Ordering::Row, None) | (Ordering::Table, _) => (&*change.schema, &*change.table).hash(&mut h),
+    }
+    h.finish()
+}
+
+/// Runs until `stop` resolves or a permanent error happens. Transient failures of the
+/// database connection are retried with backoff, forever.
+pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), RunError> {
+    let conninfo = ConnInfo::parse(&config.source.url)?;
+    let router = Router::new(&config.triggers)?;
+    let orderings: Vec<Ordering> = config.triggers.iter().map(|t| t.ordering).collect();
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let dispatcher = Dispatcher::start(targets(&config), ack_tx)?;
+    let current = Arc::new(Mutex::new(Current {
+        session: 0,
+        progress: Progress::new(crate::lsn::Lsn::ZERO),
+        confirmer: None,
+    }));
+    let acks = tokio::spawn(apply_acks(ack_rx, current.clone()));
+
+    tokio::pin!(stop);
+    let mut backoff = Duration::from_millis(500);
+    let mut session = 0u64;
+    let (result, open_stream) = loop {
+        session += 1;
+        let ctx = Ctx {
+            config: &config,
+            conninfo: &conninfo,
+            router: &router,
+            orderings: &orderings,
+            dispatcher: &dispatcher,
+            current: &current,
+            session,
+        };
+        match stream_once(ctx, stop.as_mut()).await {
+            Ok(stream) => break (Ok(()), stream),
+            Err(e) if e.is_transient() => {
+                tracing::warn!("database connection lost: {e}; reconnecting in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut stop => break (Ok(()), None),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => break (Err(e.into_run_error()), None),
+        }
+    };
+
+    tracing::info!("shutting down: finishing in-flight deliveries (up to {SHUTDOWN_GRACE:?})");
+    dispatcher.shutdown(SHUTDOWN_GRACE).await;
+    // The dispatcher is gone, so the ack channel closes once every ack is applied.
+    let _ = acks.await;
+    if let Some(stream) = open_stream {
+        let lsn = current
+            .lock()
+            .map(|c| c.progress.confirmed())
+            .unwrap_or_default();
+        stream.confirm(lsn);
+        // Sends a last status update with that position, then ends the copy.
+        stream.close().await;
+        tracing::info!(confirmed = %lsn, "stopped");
+    }
+    result
+}
+
+async fn apply_acks(mut acks: mpsc::UnboundedReceiver<u64>, current: Arc<Mutex<Current>>) {
+    while let Some(tagged) = acks.recv().await {
+        let Ok(mut cur) = current.lock() else { return };
+        if tagged >> SESSION_SHIFT != cur.session {
+            continue; // an ack from a previous session: its progress is gone
+        }
+        if let Err(e) = cur.progress.ack(tagged & ((1 << SESSION_SHIFT) - 1)) {
+            tracing::error!("progress: {e}");
+            continue;
+        }
+        let lsn = cur.progress.confirmed();
+        if let Some(c) = &cur.confirmer {
+            c.confirm(lsn);
+        }
+    }
+}
+
+/// An error of one streaming attempt.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+impl AttemptError {
+    fn is_transient(&self) -> bool {
+        match self {
+            AttemptError::Source(e) => e.is_transient(),
+            AttemptError::Setup(e) => e.is_transient(),
+            AttemptError::Connect(e) => e.is_transient(),
+        }
+    }
+
+    fn into_run_error(self) -> RunError {
+        match self {
+            AttemptError::Source(e) => RunError::Source(e),
+            AttemptError::Setup(e) => RunError::Setup(e),
+            AttemptError::Connect(e) => RunError::Connect(e),
+        }
+    }
+}
+
+/// What one streaming attempt needs.
+struct Ctx<'a> {
+    config: &'a Config,
+    conninfo: &'a ConnInfo,
+    router: &'a Router,
+    orderings: &'a [Ordering],
+    dispatcher: &'a Dispatcher,
+    current: &'a Mutex<Current>,
+    session: u64,
+}
+
+impl Ctx<'_> {
+    /// Applies `f` to the session's progress and passes the confirmed position on.
+    fn progress(&self, f: impl FnOnce(&mut Progress)) {
+        if let Ok(mut cur) = self.current.lock() {
+            f(&mut cur.progress);
+            let lsn = cur.progress.confirmed();
+            if let Some(c) = &cur.confirmer {
+                c.confirm(lsn);
+            }
+        }
+    }
+}
+
+/// Streams until `stop` (returns the open stream, to be closed after delivery drains) or
+/// an error.
+async fn stream_once(
+    ctx: Ctx<'_>,
+    mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<ReplicationStream>, AttemptError> {
+    let setup = async {
+        // session::open checks wal_level and the role; the publication must exist first.
+        let client = connection::connect_sql(ctx.conninfo).await?;
+        let publication = &ctx.config.source.publication;
+        let change = setup::sync_publication(&client, publication, &ctx.router.tables()).await?;
+        tracing::info!(publication = %publication, ?change, "publication");
+        let stream = session::open(&SessionOptions {
+            conninfo: ctx.conninfo.clone(),
+            slot: Slot::Permanent(ctx.config.source.slot.clone()),
+            publication: publication.clone(),
+        })
+        .await?;
+        Ok::<_, AttemptError>(stream)
+    };
+    let mut stream = tokio::select! {
+        s = setup => s?,
+        _ = &mut stop => return Ok(None),
+    };
+    if let Ok(mut cur) = ctx.current.lock() {
+        *cur = Current {
+            session: ctx.session,
+            progress: Progress::new(stream.confirmed()),
+            confirmer: Some(stream.confirmer()),
+        };
+    }
+    let mut txn: TxnId = 0;
+    let mut counter = 0u64;
+    loop {
+        let event = tokio::select! {
+            e = stream.next() => e?,
+            _ = &mut stop => return Ok(Some(stream)),
+        };
+        match event {
+            SourceEvent::Begin { .. } => ctx.progress(|p| txn = p.begin()),
+            SourceEvent::Change(change) => {
+                let routed = ctx.router.route(&change);
+                if routed.is_empty() {
+                    continue;
+                }
+                let n = routed.len() as u64;
+                // Count the events before handing any over, so no ack can come first.
+                ctx.progress(|p| p.add(txn, n));
+                for r in routed {
+                    let job = Job {
+                        id: r.id,
+                        body: r.body.into(),
+                        order_key: order_key(ctx.orderings[r.trigger], &change, &mut counter),
+                        txn: tag(ctx.session, txn),
+                    };
+                    tokio::select! {
+                        _ = ctx.dispatcher.submit(r.trigger, job) => {}
+                        // Not delivered, not confirmed: the next run sends it again.
+                        _ = &mut stop => return Ok(Some(stream)),
+                    }
+                }
+            }
+            SourceEvent::Commit(c) => ctx.progress(|p| p.commit(txn, c.end_lsn)),
+            SourceEvent::Idle { wal_end } => ctx.progress(|p| p.keepalive(wal_end)),
+        }
+    }
+}
