@@ -891,7 +891,7 @@ impl<'e> Reader<'e> {
         });
         let when = self.get(table, "when").map(|f| {
             let s = self.string(&f, &key("when"))?;
-            if let Err(message) = check_cel(&s) {
+            if let Err(message) = check_cel(&s).map(drop) {
                 self.problem(f.span.clone(), &key("when"), message);
                 return None;
             }
@@ -1194,28 +1194,111 @@ fn check_secret(s: &str) -> Result<(), String> {
     }
 }
 
-/// Compiles a `when` expression to find syntax errors now rather than per event.
-pub(crate) fn check_cel(s: &str) -> Result<(), String> {
+/// The variables a `when` expression can use (see [`crate::triggers`]).
+pub const WHEN_VARIABLES: &[&str] = &["record", "old_record", "changed", "type", "schema", "table"];
+
+/// CEL's type names, which are identifiers too (`type(x) == string`).
+const CEL_TYPE_NAMES: &[&str] = &[
+    "bool",
+    "bytes",
+    "double",
+    "dyn",
+    "int",
+    "list",
+    "map",
+    "null_type",
+    "string",
+    "type",
+    "uint",
+];
+
+/// Compiles a `when` expression, so syntax errors and misspelt variables surface now rather
+/// than as a filter that is silently false for every event.
+pub(crate) fn check_cel(s: &str) -> Result<cel::Program, String> {
     if s.trim().is_empty() {
         return Err("empty expression (leave `when` out instead)".to_owned());
     }
-    // The cel parser can panic on some malformed input; a panic must not take down config
-    // loading, so it is reported as an ordinary problem.
-    let compiled = std::panic::catch_unwind(|| cel::Program::compile(s).map(|_| ()));
-    match compiled {
-        Ok(Ok(())) => Ok(()),
+    // A panic in the CEL parser on odd input must not take down config loading.
+    let program = match std::panic::catch_unwind(|| cel::Program::compile(s)) {
+        Ok(Ok(p)) => p,
         Ok(Err(errors)) => {
-            let first = errors.errors.first();
-            let detail = first
-                .map(|e| {
-                    let (line, col) = e.pos;
-                    format!("{} at {line}:{}", e.msg, col + 1)
-                })
+            let detail = errors
+                .errors
+                .first()
+                .map(|e| format!("{} at {}:{}", e.msg, e.pos.0, e.pos.1))
                 .unwrap_or_else(|| errors.to_string());
-            Err(format!("not a valid CEL expression: {detail}"))
+            return Err(format!("not a valid CEL expression: {detail}"));
         }
-        Err(_) => Err("not a valid CEL expression".to_owned()),
+        Err(_) => return Err("not a valid CEL expression".to_owned()),
+    };
+    let mut unknown: Vec<String> = free_variables(program.expression())
+        .into_iter()
+        .filter(|v| !WHEN_VARIABLES.contains(&v.as_str()) && !CEL_TYPE_NAMES.contains(&v.as_str()))
+        .collect();
+    unknown.sort();
+    if let Some(first) = unknown.first() {
+        return Err(format!(
+            "unknown variable `{first}` (the variables are {})",
+            WHEN_VARIABLES.join(", ")
+        ));
     }
+    Ok(program)
+}
+
+/// The identifiers `expr` reads that no comprehension (`exists(x, …)`, `map`, …) binds.
+pub(crate) fn free_variables(expr: &cel::IdedExpr) -> HashSet<String> {
+    fn walk(e: &cel::IdedExpr, bound: &mut Vec<String>, out: &mut HashSet<String>) {
+        use cel::common::ast::{EntryExpr, Expr};
+        match &e.expr {
+            Expr::Ident(name) => {
+                if !name.starts_with('@') && !bound.contains(name) {
+                    out.insert(name.clone());
+                }
+            }
+            Expr::Call(call) => {
+                if let Some(target) = &call.target {
+                    walk(target, bound, out);
+                }
+                call.args.iter().for_each(|a| walk(a, bound, out));
+            }
+            Expr::Select(select) => walk(&select.operand, bound, out),
+            Expr::List(list) => list.elements.iter().for_each(|x| walk(x, bound, out)),
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    match &entry.expr {
+                        EntryExpr::MapEntry(m) => {
+                            walk(&m.key, bound, out);
+                            walk(&m.value, bound, out);
+                        }
+                        EntryExpr::StructField(f) => walk(&f.value, bound, out),
+                    }
+                }
+            }
+            Expr::Struct(st) => {
+                for entry in &st.entries {
+                    if let EntryExpr::StructField(f) = &entry.expr {
+                        walk(&f.value, bound, out);
+                    }
+                }
+            }
+            Expr::Comprehension(c) => {
+                walk(&c.iter_range, bound, out);
+                walk(&c.accu_init, bound, out);
+                let depth = bound.len();
+                bound.push(c.iter_var.clone());
+                bound.extend(c.iter_var2.iter().cloned());
+                bound.push(c.accu_var.clone());
+                walk(&c.loop_cond, bound, out);
+                walk(&c.loop_step, bound, out);
+                walk(&c.result, bound, out);
+                bound.truncate(depth);
+            }
+            Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+    let mut out = HashSet::new();
+    walk(expr, &mut Vec::new(), &mut out);
+    out
 }
 
 /// Levenshtein distance, for "did you mean" hints on short key names.
@@ -1668,6 +1751,14 @@ timeout = "soon"
                 .to_string()
                 .contains("empty expression")
         );
+        let shown = err(&with_trigger("when = \"recrod.status == 'paid'\"\n")).to_string();
+        assert!(shown.ends_with("when: unknown variable `recrod` (the variables are record, old_record, changed, type, schema, table)"), "{shown}");
+        let text = with_trigger(
+            "when = \"record.tags.exists(t, t == 'vip') && type(record.id) == int && [1].map(x, x) == [1]\"\n",
+        );
+        assert!(ok(&text).triggers[0].when.is_some());
+        let shown = err(&with_trigger("when = \"record.status == \"\n")).to_string();
+        assert!(shown.contains(" at 1:"), "{shown}");
     }
 
     #[test]
