@@ -1,1 +1,671 @@
-//! (to be written)
+//! Routing: which triggers a change fires, and the body each one sends.
+//!
+//! Pure: a [`Router`] is built once from the config and then maps a [`Change`] to the
+//! [`Routed`] events it produces, with no I/O besides a log line and a counter for filters that
+//! fail. It runs for every decoded change, so the hot path is shaped for that:
+//!
+//! - Triggers are indexed by (schema, table); a change on a table no trigger names costs one
+//!   hash lookup and no allocation.
+//! - `when` is compiled once. A change is converted to CEL values only when a trigger with a
+//!   `when` has passed the cheaper `events` and `changed` checks, at most once per change, and
+//!   only the row variables some `when` of that table refers to are converted. The values
+//!   borrow the change's strings instead of copying them.
+//!
+//! Semantics, in order of evaluation:
+//!
+//! 1. Table: exact schema and table name.
+//! 2. `events`: the change kind must be listed.
+//! 3. `changed` (updates only; creates and deletes pass): fires when one of the listed columns
+//!    is in `change.changed`. When old values are unknown (`change.changed` is `None`, e.g. an
+//!    update under REPLICA IDENTITY DEFAULT that kept its key), the trigger **fires**: walhook
+//!    promises never to lose a matching change, and a receiver can drop an extra event but can
+//!    never recover a missing one. Each such decision is counted as
+//!    `walhook_changed_unknown_total{trigger}` and logged once per trigger; `walhook check`
+//!    warns ahead of time via [`Router::needs_old_values`].
+//! 4. `when`: a CEL expression over `record` and `old_record` (maps, or null when absent),
+//!    `changed` (list of column names, empty when unknown), `type` ("create", "update",
+//!    "delete"), `schema` and `table`. Row numbers are CEL ints when they fit i64 (uint when
+//!    they fit u64) and doubles otherwise, so `record.amount > 100` works for `numeric` 150.50.
+//!    An evaluation error (say `old_record.status` when `old_record` is null) or a non-bool
+//!    result counts as false, is logged once per trigger and counted as
+//!    `walhook_filter_errors_total{trigger}`.
+//!
+//! The body is the [`Event`] JSON with `columns` applied to `record` and `old_record`: only
+//! those columns, in the listed order; a listed column absent from the row (an old key that
+//! lacks it, an unchanged TOASTed value) is left out rather than sent as null.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+
+use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull};
+use cel::common::types::{CelString, CelUInt};
+use cel::common::value::Val;
+
+use crate::config;
+use crate::event::{Change, ChangeKind, Event, Row};
+
+/// Why a [`Router`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// A `when` expression does not compile (config validation normally catches this first).
+    #[error("trigger \"{trigger}\".when: {message}")]
+    InvalidWhen {
+        /// The trigger's name.
+        trigger: String,
+        /// What the CEL parser said.
+        message: String,
+    },
+}
+
+/// One event a change produced for one trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// Index of the trigger in the config (and in `Router::new`'s slice).
+    pub trigger: usize,
+    /// The event id (stable across redeliveries).
+    pub id: String,
+    /// The event JSON, with the trigger's column projection applied.
+    pub body: Vec<u8>,
+}
+
+/// The triggers of a config, indexed for routing changes.
+pub struct Router {
+    triggers: Vec<Compiled>,
+    /// schema → table → what fires there.
+    by_table: HashMap<String, HashMap<String, TableRoutes>>,
+    /// Distinct tables in config order.
+    tables: Vec<(String, String)>,
+    env: Arc<cel::Env>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("triggers", &self.triggers.len())
+            .field("tables", &self.tables)
+            .finish()
+    }
+}
+
+/// The triggers of one table and the CEL variables their filters read.
+#[derive(Default)]
+struct TableRoutes {
+    triggers: Vec<usize>,
+    uses_record: bool,
+    uses_old_record: bool,
+}
+
+/// One trigger, ready to evaluate.
+struct Compiled {
+    name: String,
+    /// Bit per [`ChangeKind`], see [`kind_bit`].
+    events: u8,
+    changed: Vec<String>,
+    columns: Option<Vec<String>>,
+    when: Option<cel::Program>,
+    needs_old_values: bool,
+    /// Set once the first filter error has been logged.
+    warned_filter: AtomicBool,
+    /// Set once the first "old values unknown" decision has been logged.
+    warned_changed: AtomicBool,
+}
+
+fn kind_bit(kind: ChangeKind) -> u8 {
+    match kind {
+        ChangeKind::Create => 1,
+        ChangeKind::Update => 2,
+        ChangeKind::Delete => 4,
+    }
+}
+
+impl Router {
+    /// Compiles the triggers' filters and indexes them by table.
+    pub fn new(triggers: &[config::Trigger]) -> Result<Router, TriggerError> {
+        let mut compiled = Vec::with_capacity(triggers.len());
+        let mut by_table: HashMap<String, HashMap<String, TableRoutes>> = HashMap::new();
+        let mut tables = Vec::new();
+        for (i, t) in triggers.iter().enumerate() {
+            let when = match &t.when {
+                Some(src) => Some(compile(&t.name, src)?),
+                None => None,
+            };
+            let refers = |var: &str| {
+                when.as_ref()
+                    .is_some_and(|p| p.references().has_variable(var))
+            };
+            let routes = by_table
+                .entry(t.schema.clone())
+                .or_default()
+                .entry(t.table.clone())
+                .or_insert_with(|| {
+                    tables.push((t.schema.clone(), t.table.clone()));
+                    TableRoutes::default()
+                });
+            routes.triggers.push(i);
+            routes.uses_record |= refers("record");
+            routes.uses_old_record |= refers("old_record");
+            compiled.push(Compiled {
+                name: t.name.clone(),
+                events: t.events.iter().fold(0, |bits, k| bits | kind_bit(*k)),
+                changed: t.changed.clone(),
+                columns: t.columns.clone(),
+                needs_old_values: !t.changed.is_empty()
+                    || refers("old_record")
+                    || refers("changed"),
+                when,
+                warned_filter: AtomicBool::new(false),
+                warned_changed: AtomicBool::new(false),
+            });
+        }
+        Ok(Router {
+            triggers: compiled,
+            by_table,
+            tables,
+            env: Arc::new(cel::Env::stdlib()),
+        })
+    }
+
+    /// The distinct (schema, table) pairs the triggers name, in config order.
+    pub fn tables(&self) -> Vec<(String, String)> {
+        self.tables.clone()
+    }
+
+    /// Whether a trigger's `changed` or `when` depends on old values (REPLICA IDENTITY FULL).
+    pub fn needs_old_values(&self, trigger: usize) -> bool {
+        self.triggers
+            .get(trigger)
+            .is_some_and(|t| t.needs_old_values)
+    }
+
+    /// Every trigger `change` fires, in config order, with its event id and body.
+    pub fn route(&self, change: &Change) -> Vec<Routed> {
+        let Some(routes) = self
+            .by_table
+            .get(&*change.schema)
+            .and_then(|tables| tables.get(&*change.table))
+        else {
+            return Vec::new();
+        };
+        let bit = kind_bit(change.kind);
+        // Built on first use: most changes never reach a `when`.
+        let mut ctx: Option<cel::Context<'_, '_>> = None;
+        let mut out = Vec::new();
+        for &i in &routes.triggers {
+            let Some(t) = self.triggers.get(i) else {
+                continue;
+            };
+            if t.events & bit == 0 || !self.changed_matches(t, change) {
+                continue;
+            }
+            if let Some(program) = &t.when {
+                let ctx = ctx.get_or_insert_with(|| self.context(change, routes));
+                if !self.filter(t, program, ctx) {
+                    continue;
+                }
+            }
+            out.push(self.routed(i, t, change));
+        }
+        out
+    }
+
+    fn changed_matches(&self, t: &Compiled, change: &Change) -> bool {
+        if t.changed.is_empty() || change.kind != ChangeKind::Update {
+            return true;
+        }
+        match &change.changed {
+            Some(changed) => t.changed.iter().any(|c| changed.contains(c)),
+            None => {
+                // Old values unknown: fire (see the module doc), but say so.
+                metrics::counter!("walhook_changed_unknown_total", "trigger" => t.name.clone())
+                    .increment(1);
+                if !t.warned_changed.swap(true, AtomicOrdering::Relaxed) {
+                    tracing::warn!(
+                        trigger = %t.name,
+                        table = %format_args!("{}.{}", change.schema, change.table),
+                        "update without old values: cannot tell whether `changed` columns changed, \
+                         delivering it anyway (set REPLICA IDENTITY FULL to filter exactly)"
+                    );
+                }
+                true
+            }
+        }
+    }
+
+    /// Evaluates a `when`; errors and non-bool results are false, logged once and counted.
+    fn filter(&self, t: &Compiled, program: &cel::Program, ctx: &cel::Context<'_, '_>) -> bool {
+        let problem = match program.execute(ctx) {
+            Ok(cel::Value::Bool(b)) => return b,
+            Ok(other) => format!("evaluated to {:?}, not a bool", other.type_of()),
+            Err(e) => e.to_string(),
+        };
+        metrics::counter!("walhook_filter_errors_total", "trigger" => t.name.clone()).increment(1);
+        if !t.warned_filter.swap(true, AtomicOrdering::Relaxed) {
+            tracing::warn!(
+                trigger = %t.name,
+                error = %problem,
+                "`when` could not be evaluated; such events are skipped (logged once per trigger, \
+                 counted in walhook_filter_errors_total)"
+            );
+        }
+        false
+    }
+
+    /// The CEL variables for one change, borrowing its values.
+    fn context<'c>(&self, change: &'c Change, routes: &TableRoutes) -> cel::Context<'c, 'c> {
+        let row = |row: &'c Option<Row>, used: bool| -> Box<dyn Val + 'c> {
+            match row {
+                Some(r) if used => Box::new(map_val(r)),
+                _ => Box::new(CelNull),
+            }
+        };
+        let changed: Vec<Box<dyn Val + 'c>> = change
+            .changed
+            .iter()
+            .flatten()
+            .map(|c| Box::new(CelString::from(c.as_str())) as Box<dyn Val + 'c>)
+            .collect();
+        let mut ctx = cel::Context::with_env(Arc::clone(&self.env));
+        ctx.add_variable_as_val("record", row(&change.record, routes.uses_record));
+        ctx.add_variable_as_val(
+            "old_record",
+            row(&change.old_record, routes.uses_old_record),
+        );
+        ctx.add_variable_as_val("changed", Box::new(CelList::from(changed)));
+        ctx.add_variable_as_val("type", Box::new(CelString::from(change.kind.as_str())));
+        ctx.add_variable_as_val("schema", Box::new(CelString::from(&*change.schema)));
+        ctx.add_variable_as_val("table", Box::new(CelString::from(&*change.table)));
+        ctx
+    }
+
+    fn routed(&self, index: usize, t: &Compiled, change: &Change) -> Routed {
+        let name = Some(t.name.as_str());
+        let event_body = |event: Event<'_>| Routed {
+            trigger: index,
+            id: event.id.clone(),
+            body: event.to_json(),
+        };
+        match &t.columns {
+            None => event_body(Event::of(change, name)),
+            Some(columns) => {
+                let record = change.record.as_ref().map(|r| project(r, columns));
+                let old = change.old_record.as_ref().map(|r| project(r, columns));
+                event_body(Event::new(change, name, record.as_ref(), old.as_ref()))
+            }
+        }
+    }
+}
+
+fn compile(trigger: &str, src: &str) -> Result<cel::Program, TriggerError> {
+    config::check_cel(src).map_err(|message| TriggerError::InvalidWhen {
+        trigger: trigger.to_owned(),
+        message,
+    })
+}
+
+/// `row` with only `columns`, in that order.
+fn project(row: &Row, columns: &[String]) -> Row {
+    columns
+        .iter()
+        .filter_map(|c| row.get(c).map(|v| (c.clone(), v.clone())))
+        .collect()
+}
+
+fn map_val(row: &Row) -> CelMap<'_> {
+    let entries: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> = row
+        .iter()
+        .map(|(k, v)| (CelMapKey::from(k.as_str()), json_val(v)))
+        .collect();
+    CelMap::from(entries)
+}
+
+/// A JSON value as a CEL value. Numbers are parsed from their exact text (serde_json's
+/// arbitrary_precision keeps them as strings): int if it fits i64, uint if it fits u64,
+/// otherwise double; a number too large even for a double stays a string.
+fn json_val(v: &serde_json::Value) -> Box<dyn Val + '_> {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Box::new(CelNull),
+        J::Bool(b) => Box::new(CelBool::from(*b)),
+        J::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Box::new(CelInt::from(i))
+            } else if let Some(u) = n.as_u64() {
+                Box::new(CelUInt::from(u))
+            } else if let Some(f) = n.as_f64() {
+                Box::new(CelDouble::from(f))
+            } else {
+                Box::new(CelString::from(n.to_string()))
+            }
+        }
+        J::String(s) => Box::new(CelString::from(s.as_str())),
+        J::Array(items) => Box::new(CelList::from(
+            items.iter().map(json_val).collect::<Vec<_>>(),
+        )),
+        J::Object(map) => Box::new(map_val(map)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::{HttpMethod, On4xx, Ordering, RetrySettings, Trigger};
+    use crate::lsn::Lsn;
+    use crate::source::pgoutput::PgTimestamp;
+
+    fn trigger(name: &str, table: &str) -> Trigger {
+        let (schema, table) = table.split_once('.').unwrap_or(("public", table));
+        Trigger {
+            name: name.into(),
+            schema: schema.into(),
+            table: table.into(),
+            events: vec![ChangeKind::Create, ChangeKind::Update, ChangeKind::Delete],
+            url: reqwest::Url::parse("http://localhost/hook").unwrap(),
+            method: HttpMethod::Post,
+            headers: vec![],
+            secret: None,
+            when: None,
+            changed: vec![],
+            columns: None,
+            timeout: Duration::from_secs(10),
+            retry: RetrySettings::default(),
+            concurrency: 64,
+            ordering: Ordering::Row,
+            batch: 1,
+            on_4xx: On4xx::Retry,
+        }
+    }
+
+    fn when(name: &str, table: &str, expr: &str) -> Trigger {
+        Trigger {
+            when: Some(expr.into()),
+            ..trigger(name, table)
+        }
+    }
+
+    /// A row from JSON text, so numbers go through serde_json's arbitrary_precision path the
+    /// way decoded values do.
+    fn row(text: &str) -> Row {
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn change(kind: ChangeKind, table: &str, record: Option<&str>, old: Option<&str>) -> Change {
+        let (schema, table) = table.split_once('.').unwrap_or(("public", table));
+        Change {
+            kind,
+            schema: schema.into(),
+            table: table.into(),
+            record: record.map(row),
+            old_record: old.map(row),
+            changed: None,
+            unchanged_toast: vec![],
+            commit_lsn: Lsn(0x16B3748),
+            xid: 7,
+            committed_at: PgTimestamp(0),
+            seq: 3,
+            key: None,
+        }
+    }
+
+    fn insert(table: &str, record: &str) -> Change {
+        change(ChangeKind::Create, table, Some(record), None)
+    }
+
+    fn update(table: &str, record: &str, old: Option<&str>, changed: Option<&[&str]>) -> Change {
+        Change {
+            changed: changed.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            ..change(ChangeKind::Update, table, Some(record), old)
+        }
+    }
+
+    fn fired(router: &Router, change: &Change) -> Vec<usize> {
+        router.route(change).iter().map(|r| r.trigger).collect()
+    }
+
+    fn body(routed: &Routed) -> serde_json::Value {
+        serde_json::from_slice(&routed.body).unwrap()
+    }
+
+    #[test]
+    fn router_is_shareable_across_tasks() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Router>();
+    }
+
+    #[test]
+    fn only_the_named_table_fires() {
+        let router = Router::new(&[
+            trigger("a", "orders"),
+            trigger("b", "sales.orders"),
+            trigger("c", "orders"),
+        ])
+        .unwrap();
+        assert_eq!(
+            router.tables(),
+            vec![
+                ("public".into(), "orders".into()),
+                ("sales".into(), "orders".into())
+            ]
+        );
+        assert_eq!(fired(&router, &insert("orders", r#"{"id":1}"#)), vec![0, 2]);
+        assert_eq!(
+            fired(&router, &insert("sales.orders", r#"{"id":1}"#)),
+            vec![1]
+        );
+        assert!(router.route(&insert("users", r#"{"id":1}"#)).is_empty());
+        assert!(
+            router
+                .route(&insert("other.orders", r#"{"id":1}"#))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn events_filter_by_kind() {
+        let router = Router::new(&[Trigger {
+            events: vec![ChangeKind::Create, ChangeKind::Delete],
+            ..trigger("t", "orders")
+        }])
+        .unwrap();
+        assert_eq!(fired(&router, &insert("orders", r#"{"id":1}"#)).len(), 1);
+        let upd = update("orders", r#"{"id":1}"#, None, Some(&["id"]));
+        assert!(router.route(&upd).is_empty());
+        let del = change(ChangeKind::Delete, "orders", None, Some(r#"{"id":1}"#));
+        assert_eq!(fired(&router, &del).len(), 1);
+    }
+
+    #[test]
+    fn changed_filters_updates_only() {
+        let router = Router::new(&[Trigger {
+            changed: vec!["status".into(), "amount".into()],
+            ..trigger("t", "orders")
+        }])
+        .unwrap();
+        let rec = r#"{"id":1,"status":"paid","amount":3}"#;
+        assert_eq!(
+            fired(
+                &router,
+                &update("orders", rec, Some(rec), Some(&["amount"]))
+            )
+            .len(),
+            1
+        );
+        assert!(
+            router
+                .route(&update("orders", rec, Some(rec), Some(&["note"])))
+                .is_empty()
+        );
+        assert!(
+            router
+                .route(&update("orders", rec, Some(rec), Some(&[])))
+                .is_empty()
+        );
+        // Creates and deletes are not filtered by `changed`.
+        assert_eq!(fired(&router, &insert("orders", rec)).len(), 1);
+        // Old values unknown: delivered rather than risk losing it (module doc).
+        assert_eq!(fired(&router, &update("orders", rec, None, None)).len(), 1);
+        assert!(router.needs_old_values(0));
+    }
+
+    #[test]
+    fn when_on_old_record_under_replica_identity_default_is_false() {
+        let router = Router::new(&[when(
+            "paid",
+            "orders",
+            "record.status == 'paid' && old_record.status != 'paid'",
+        )])
+        .unwrap();
+        let rec = r#"{"id":1,"status":"paid"}"#;
+        // REPLICA IDENTITY DEFAULT, key unchanged: no old row at all.
+        assert!(router.route(&update("orders", rec, None, None)).is_empty());
+        assert!(
+            router.triggers[0]
+                .warned_filter
+                .load(AtomicOrdering::Relaxed)
+        );
+        // A second failure is only counted, not logged again; it still does not fire or panic.
+        assert!(router.route(&update("orders", rec, None, None)).is_empty());
+        // With the old row (FULL), it works.
+        let old = r#"{"id":1,"status":"pending"}"#;
+        assert_eq!(
+            fired(
+                &router,
+                &update("orders", rec, Some(old), Some(&["status"]))
+            ),
+            vec![0]
+        );
+        assert!(
+            router
+                .route(&update("orders", rec, Some(rec), Some(&[])))
+                .is_empty()
+        );
+        assert!(router.needs_old_values(0));
+    }
+
+    #[test]
+    fn numbers_compare_as_numbers() {
+        let router = Router::new(&[
+            when("gt-int", "orders", "record.amount > 100"),
+            when("gt-double", "orders", "record.amount > 100.0"),
+            when("eq", "orders", "record.qty == 3"),
+            when("big", "orders", "record.big > 1"),
+            when("huge", "orders", "record.huge > 1.0"),
+            when("lt", "orders", "record.amount < 100"),
+        ])
+        .unwrap();
+        let rec = r#"{"amount":150.50,"qty":3,"big":18446744073709551615,"huge":1e300}"#;
+        assert_eq!(fired(&router, &insert("orders", rec)), vec![0, 1, 2, 3, 4]);
+        assert!(
+            fired(
+                &router,
+                &insert("orders", r#"{"amount":99.99,"qty":4,"big":0,"huge":0}"#)
+            )
+            .contains(&5)
+        );
+    }
+
+    #[test]
+    fn strings_keys_and_membership() {
+        let router = Router::new(&[
+            when("eq", "orders", "record.status == 'paid'"),
+            when("has", "orders", "has(record.coupon)"),
+            when("in", "orders", "'coupon' in record"),
+            when("changed", "orders", "'status' in changed"),
+            when("nested", "orders", "record.meta.tags.exists(t, t == 'vip')"),
+            when(
+                "vars",
+                "sales.orders",
+                "type == 'update' && schema == 'sales' && table == 'orders'",
+            ),
+        ])
+        .unwrap();
+        let rec = r#"{"status":"paid","meta":{"tags":["vip"]}}"#;
+        let upd = update("orders", rec, None, Some(&["status"]));
+        assert_eq!(fired(&router, &upd), vec![0, 3, 4]);
+        let with_coupon = insert("orders", r#"{"status":"open","coupon":null,"meta":{}}"#);
+        assert_eq!(fired(&router, &with_coupon), vec![1, 2]);
+        let sales = update("sales.orders", rec, None, None);
+        assert_eq!(fired(&router, &sales), vec![5]);
+        assert!(router.needs_old_values(3));
+        assert!(!router.needs_old_values(0));
+        assert!(!router.needs_old_values(99));
+    }
+
+    #[test]
+    fn non_bool_results_and_missing_keys_are_false() {
+        let router = Router::new(&[
+            when("str", "orders", "record.status"),
+            when("missing", "orders", "record.nope == 1"),
+            when("deleted", "orders", "record.id == 1"),
+        ])
+        .unwrap();
+        assert!(
+            router
+                .route(&insert("orders", r#"{"status":"paid"}"#))
+                .is_empty()
+        );
+        // Deletes have a null record.
+        let del = change(ChangeKind::Delete, "orders", None, Some(r#"{"id":1}"#));
+        assert!(router.route(&del).is_empty());
+    }
+
+    #[test]
+    fn several_triggers_get_their_own_id_and_body() {
+        let router = Router::new(&[
+            trigger("all", "orders"),
+            Trigger {
+                columns: Some(vec!["status".into(), "id".into(), "gone".into()]),
+                ..when("paid", "orders", "record.status == 'paid'")
+            },
+        ])
+        .unwrap();
+        let old = r#"{"id":1,"status":"open","note":"x"}"#;
+        let routed = router.route(&update(
+            "orders",
+            r#"{"id":1,"status":"paid","note":"x"}"#,
+            Some(old),
+            Some(&["status"]),
+        ));
+        assert_eq!(routed.len(), 2);
+        assert_eq!(routed[0].id, "00000000016b3748-3-all");
+        assert_eq!(routed[1].id, "00000000016b3748-3-paid");
+        let (all, paid) = (body(&routed[0]), body(&routed[1]));
+        assert_eq!(all["trigger"], "all");
+        assert_eq!(all["record"], json!({"id":1,"status":"paid","note":"x"}));
+        assert_eq!(paid["id"], routed[1].id.as_str());
+        assert_eq!(paid["trigger"], "paid");
+        assert_eq!(paid["type"], "update");
+        assert_eq!(paid["changed"], json!(["status"]));
+        // Projection: listed order, absent columns left out, applied to both rows.
+        let keys: Vec<&String> = paid["record"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["status", "id"]);
+        assert_eq!(paid["old_record"], json!({"status":"open","id":1}));
+    }
+
+    #[test]
+    fn projected_numbers_keep_their_exact_text() {
+        let router = Router::new(&[Trigger {
+            columns: Some(vec!["amount".into()]),
+            ..trigger("t", "orders")
+        }])
+        .unwrap();
+        let routed = router.route(&insert("orders", r#"{"id":1,"amount":150.50}"#));
+        let text = String::from_utf8(routed[0].body.clone()).unwrap();
+        assert!(text.contains(r#""record":{"amount":150.50}"#), "{text}");
+    }
+
+    #[test]
+    fn bad_when_is_an_error() {
+        let e = Router::new(&[when("t", "orders", "record.status ==")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("trigger \"t\".when: not a valid CEL expression"),
+            "{e}"
+        );
+    }
+}
