@@ -17,6 +17,7 @@
 //! - [`delivery`]: HTTP delivery per target, signing, retry.
 //! - [`progress`]: in-flight transactions and the LSN that is safe to confirm.
 
+pub mod check;
 pub mod config;
 pub mod delivery;
 pub mod event;

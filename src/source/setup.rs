@@ -138,6 +138,25 @@ pub async fn missing_tables(
     Ok(missing)
 }
 
+/// The table's `relreplident` ('d', 'n', 'f' or 'i'), or `None` if it does not exist.
+pub async fn replica_identity(
+    client: &Client,
+    schema: &str,
+    table: &str,
+) -> Result<Option<char>, SetupError> {
+    let rows = client
+        .query(
+            "SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(sql("reading the table's replica identity"))?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.get::<_, String>(0).chars().next()))
+}
+
 /// What [`sync_publication`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicationChange {
