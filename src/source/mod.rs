@@ -2,6 +2,7 @@
 //! the relation and type cache, value conversion, and slot/publication set-up.
 
 pub mod connection;
+pub mod conninfo;
 pub mod pgoutput;
 pub mod protocol;
 pub mod relations;
