@@ -996,6 +996,7 @@ impl ReplicationWriter {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 

@@ -885,6 +885,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
     use std::collections::HashMap;

@@ -133,6 +133,7 @@ pub fn standby_status_update(
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
     use std::time::Duration;
