@@ -365,3 +365,67 @@ fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn connect_timeout_covers_a_silent_server() {
+    // Accepts TCP connections but never answers the SSLRequest/startup.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let _accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    let url = format!("postgres://u:p@127.0.0.1:{port}/d?sslmode=prefer&connect_timeout=2");
+    let started = std::time::Instant::now();
+    let err = connect(&url).await.expect_err("silent server");
+    assert!(matches!(err, ConnectError::Timeout(_)), "{err}");
+    assert!(err.is_transient());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn terminated_walsender_is_a_transient_error_during_copy() {
+    let cluster = Cluster::start();
+    cluster.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t",
+    );
+    let url = format!("{}&application_name=walhook-term", cluster.url("postgres"));
+    let mut conn = connect(&url).await.expect("connect");
+    conn.simple_query("CREATE_REPLICATION_SLOT s TEMPORARY LOGICAL pgoutput")
+        .await
+        .expect("slot");
+    let (mut reader, _writer) = conn
+        .start_replication(
+            "START_REPLICATION SLOT s LOGICAL 0/0 (proto_version '1', publication_names 'p')",
+        )
+        .await
+        .expect("start");
+    let killed = wait_for(Duration::from_secs(10), || {
+        let n = cluster.psql(
+            "postgres",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication \
+             WHERE application_name = 'walhook-term'",
+        );
+        (n == "1").then_some(())
+    });
+    assert!(killed.is_some(), "walsender not found");
+    let err = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match reader.recv().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("stream ended without an error"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("error arrives");
+    assert_eq!(err.code(), Some("57P01"), "{err}");
+    assert!(err.is_transient());
+    assert!(reader.recv().await.expect("after the error").is_none());
+}

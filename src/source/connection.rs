@@ -318,8 +318,9 @@ fn take_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ConnectError> {
         )));
     }
     if buf.len() < 1 + len {
-        // Make room for the rest in one go, so a large message is not read in small steps.
-        buf.reserve(1 + len - buf.len());
+        // Grow towards the announced size in steps, so a large message is not read in tiny
+        // reads, yet a bogus length cannot make us allocate a gigabyte up front.
+        buf.reserve((1 + len - buf.len()).min(1 << 20));
         return Ok(None);
     }
     let mut frame = buf.split_to(1 + len);
