@@ -429,3 +429,32 @@ async fn terminated_walsender_is_a_transient_error_during_copy() {
     assert!(err.is_transient());
     assert!(reader.recv().await.expect("after the error").is_none());
 }
+
+#[tokio::test]
+async fn slot_creation_waiting_for_a_transaction_can_be_cancelled() {
+    let cluster = Cluster::start();
+    let url = cluster.url("postgres");
+    // An open transaction with an xid: CREATE_REPLICATION_SLOT waits for it to end.
+    let blocker = connect_sql(&info(&url)).await.expect("sql");
+    blocker
+        .batch_execute("BEGIN; CREATE TABLE held (id int)")
+        .await
+        .expect("open transaction");
+    let mut conn = connect(&url).await.expect("connect");
+    let cancel = conn.cancel_handle(&info(&url));
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cancel.cancel().await
+    });
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        conn.simple_query("CREATE_REPLICATION_SLOT blocked LOGICAL pgoutput"),
+    )
+    .await
+    .expect("cancel took effect")
+    .expect_err("cancelled");
+    assert_eq!(err.code(), Some("57014"), "{err}");
+    canceller.await.expect("join").expect("cancel request");
+    // The session is still usable after a cancelled command.
+    identify(&mut conn).await;
+}

@@ -509,6 +509,13 @@ impl ReplicationConnection {
             secret_key: 0,
         };
         conn.startup(info, end_point).await?;
+        tracing::debug!(
+            target_db = %info,
+            tls = conn.is_tls(),
+            server_version = conn.parameter("server_version").unwrap_or("?"),
+            pid = conn.backend_pid,
+            "replication connection ready"
+        );
         Ok(conn)
     }
 
@@ -562,6 +569,9 @@ impl ReplicationConnection {
                 .ok_or_else(|| ConnectError::PasswordRequired(info.user.clone()))
         };
         let mut scram: Option<ScramSha256> = None;
+        // A server that skips SASL final never proved it knows the password (no mutual auth).
+        let mut scram_verified = false;
+        let mut bound = false;
         loop {
             let frame = self.next_frame().await?;
             match frame.tag {
@@ -577,7 +587,12 @@ impl ReplicationConnection {
             self.write_buf.clear();
             match b.i32()? {
                 0 => {
-                    if info.channel_binding == ChannelBinding::Require && scram.is_none() {
+                    if scram.is_some() && !scram_verified {
+                        return Err(ConnectError::Protocol(
+                            "the server ended SCRAM authentication without its proof".into(),
+                        ));
+                    }
+                    if info.channel_binding == ChannelBinding::Require && !bound {
                         return Err(ConnectError::ChannelBindingUnavailable);
                     }
                     return Ok(());
@@ -611,9 +626,8 @@ impl ReplicationConnection {
                         }
                         _ if mechanisms.contains(&"SCRAM-SHA-256") => (
                             "SCRAM-SHA-256",
-                            // "y" = we could bind but the server did not offer it. Over TLS
-                            // with PLUS offered but not used, say "n" (see module docs).
-                            if plus || self.is_tls() {
+                            // Over TLS without binding say "n", never "y" (see module docs).
+                            if self.is_tls() {
                                 sasl::ChannelBinding::unsupported()
                             } else {
                                 sasl::ChannelBinding::unrequested()
@@ -626,6 +640,7 @@ impl ReplicationConnection {
                             )));
                         }
                     };
+                    bound = mechanism == "SCRAM-SHA-256-PLUS";
                     let client = ScramSha256::new(password()?.as_bytes(), binding);
                     frontend::sasl_initial_response(
                         mechanism,
@@ -650,6 +665,7 @@ impl ReplicationConnection {
                     client
                         .finish(b.rest())
                         .map_err(|e| ConnectError::Scram(e.to_string()))?;
+                    scram_verified = true;
                     continue;
                 }
                 2 => return Err(ConnectError::UnsupportedAuth("Kerberos V5".into())),
@@ -697,6 +713,16 @@ impl ReplicationConnection {
     /// The walsender's process ID (for `pg_terminate_backend` and logs).
     pub fn backend_pid(&self) -> i32 {
         self.backend_pid
+    }
+
+    /// A handle that can cancel this session's running command from elsewhere (e.g. a
+    /// `CREATE_REPLICATION_SLOT` waiting for old transactions), like libpq's `PQcancel`.
+    pub fn cancel_handle(&self, info: &ConnInfo) -> CancelHandle {
+        CancelHandle {
+            info: info.clone(),
+            process_id: self.backend_pid,
+            secret_key: self.secret_key,
+        }
     }
 
     /// True if the session is encrypted.
@@ -784,6 +810,40 @@ impl ReplicationConnection {
         frontend::terminate(&mut self.write_buf);
         self.flush_write_buf().await?;
         self.stream.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// Cancels the command a [`ReplicationConnection`] is running (a CancelRequest on a new
+/// connection, negotiated with the same sslmode).
+#[derive(Clone)]
+pub struct CancelHandle {
+    info: ConnInfo,
+    process_id: i32,
+    secret_key: i32,
+}
+
+impl std::fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelHandle")
+            .field("process_id", &self.process_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CancelHandle {
+    /// Asks the server to cancel the running command; it may already have finished.
+    pub async fn cancel(&self) -> Result<(), ConnectError> {
+        let tcp = tcp_connect(&self.info.host, self.info.port).await?;
+        let (mut stream, _) = negotiate_tls(tcp, &self.info).await?;
+        let mut buf = BytesMut::with_capacity(16);
+        frontend::cancel_request(self.process_id, self.secret_key, &mut buf);
+        stream.write_all(&buf).await?;
+        stream.flush().await?;
+        // The server answers nothing and closes; waiting for that makes the cancel visible
+        // before we return.
+        let mut sink = [0u8; 64];
+        while stream.read(&mut sink).await? > 0 {}
         Ok(())
     }
 }
@@ -1153,5 +1213,20 @@ mod tests {
         let mut bad = vec![0, 1];
         bad.extend(100i32.to_be_bytes());
         assert!(data_row(&bad, &cols).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn server_bytes_never_panic(wire in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let mut buf = BytesMut::from(wire.as_slice());
+            while let Ok(Some(frame)) = take_frame(&mut buf) {
+                let _ = server_error(&frame.body);
+                let _ = row_description(&frame.body);
+                let cols: Arc<[String]> = vec!["a".to_string()].into();
+                let _ = data_row(&frame.body, &cols);
+            }
+            let _ = server_error(&wire);
+            let _ = row_description(&wire);
+        }
     }
 }

@@ -229,6 +229,8 @@ impl ConnInfo {
     fn resolve(g: Given, env: &dyn Fn(&str) -> Option<String>) -> Result<ConnInfo, ConnInfoError> {
         // Each value: the string's, else the environment's (named, for error messages).
         let pick = |given: Option<String>, key: &str, var: &str| -> Option<(String, String)> {
+            // An empty value means "not set", as in libpq (`host=''` is the default host).
+            let given = given.filter(|v| !v.is_empty() || key == "password");
             given.map(|v| (key.to_string(), v)).or_else(|| {
                 env(var)
                     .filter(|v| !v.is_empty())
@@ -1053,5 +1055,27 @@ mod tests {
         assert_eq!(tls_server_end_point(&cert).map(|h| h.len()), Some(48));
         assert_eq!(tls_server_end_point(&cert[..10]), None);
         assert_eq!(tls_server_end_point(&[]), None);
+    }
+
+    #[test]
+    fn display_parses_back() {
+        for s in [
+            "postgres://al%40ice:pw@db.example.com:6543/my%20db?sslmode=verify-full",
+            "postgres://bob@[::1]:5433/x",
+            "host=h user='a b/c' dbname=d%e",
+        ] {
+            let c = parse(s).expect("parses");
+            let mut back = parse(&c.to_string()).expect("Display output parses");
+            back.password = c.password.clone();
+            assert_eq!(back, c, "{c}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,80}") {
+            let _ = parse(&s);
+            let _ = parse(&format!("postgres://{s}"));
+        }
     }
 }

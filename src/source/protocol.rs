@@ -234,4 +234,11 @@ mod tests {
         let before = UNIX_EPOCH - Duration::from_micros(1);
         assert_eq!(pg_timestamp(before), -PG_EPOCH_OFFSET_MICROS - 1);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(wire in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = parse(Bytes::from(wire));
+        }
+    }
 }
