@@ -235,7 +235,9 @@ pub fn parse_server_version(version: &str) -> Option<u32> {
         major.checked_mul(10_000)?.checked_add(minor)
     } else {
         let patch = parts.next().flatten().unwrap_or(0);
-        Some(major * 10_000 + minor * 100 + patch)
+        (major * 10_000)
+            .checked_add(minor.checked_mul(100)?)?
+            .checked_add(patch)
     }
 }
 
@@ -1196,6 +1198,12 @@ mod tests {
         assert_eq!(parse_server_version("13.2"), Some(130002));
         assert_eq!(parse_server_version("garbage"), None);
         assert_eq!(parse_server_version(""), None);
+        assert_eq!(
+            parse_server_version("9.4294967295.1"),
+            None,
+            "no overflow panic"
+        );
+        assert_eq!(parse_server_version("4294967295"), None);
     }
 
     #[test]
