@@ -6,8 +6,7 @@ use std::path::Path;
 use tokio_postgres::Client;
 
 use crate::config;
-use crate::source::connection;
-use crate::source::conninfo::ConnInfo;
+use crate::source::conninfo::{self, ConnInfo};
 use crate::source::setup;
 use crate::triggers::Router;
 
@@ -98,7 +97,7 @@ pub async fn check(path: &Path) -> Report {
             return report;
         }
     };
-    let client = match connection::connect_sql(&conninfo).await {
+    let client = match conninfo::connect_sql(&conninfo).await {
         Ok(c) => c,
         Err(e) => {
             report.push(Severity::Error, format!("cannot connect to {conninfo}: {e}"));

@@ -18,8 +18,8 @@ use crate::config::{Config, Ordering};
 use crate::delivery::{DeliveryError, Dispatcher, Job, Target};
 use crate::event::Change;
 use crate::progress::{Progress, TxnId};
-use crate::source::conninfo::{ConnInfo, ConnInfoError};
-use crate::source::connection::{self, ConnectError};
+use crate::source::conninfo::{self, ConnInfo, ConnInfoError};
+use crate::source::connection::ConnectError;
 use crate::source::session::{self, SessionOptions, Slot};
 use crate::source::setup::{self, SetupError};
 use crate::source::stream::{Confirmer, ReplicationStream, SourceError, SourceEvent};
@@ -238,7 +238,7 @@ async fn stream_once(
 ) -> Result<Option<ReplicationStream>, AttemptError> {
     let setup = async {
         // session::open checks wal_level and the role; the publication must exist first.
-        let client = connection::connect_sql(ctx.conninfo).await?;
+        let client = conninfo::connect_sql(ctx.conninfo).await?;
         let publication = &ctx.config.source.publication;
         let change = setup::sync_publication(&client, publication, &ctx.router.tables()).await?;
         tracing::info!(publication = %publication, ?change, "publication");

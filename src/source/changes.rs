@@ -78,7 +78,7 @@ fn decode_tuple(rel: &CachedRelation, tuple: &Tuple) -> Result<Decoded, ChangeEr
             TupleValue::Null => Some(Value::Null),
             TupleValue::UnchangedToast => None,
             TupleValue::Text(bytes) => {
-                let text = std::str::from_utf8(bytes).map_err(|_| ChangeError::Value {
+                let text = std::str::from_utf8(bytes.as_ref()).map_err(|_| ChangeError::Value {
                     table: table(),
                     column: col.name.clone(),
                     source: ValueError::not_utf8(),

@@ -2,8 +2,8 @@
 //! the options this server version understands.
 
 use crate::lsn::Lsn;
-use crate::source::connection::{self, ReplicationConnection};
-use crate::source::conninfo::ConnInfo;
+use crate::source::connection::ReplicationConnection;
+use crate::source::conninfo::{self, ConnInfo};
 use crate::source::relations::RelationCache;
 use crate::source::setup::{self, quote_ident, quote_literal};
 use crate::source::stream::{ReplicationStream, SourceError};
@@ -53,12 +53,12 @@ pub fn pgoutput_options(publication: &str, server_version_num: u32) -> String {
 
 /// Connects, checks the preconditions, makes sure the slot exists, and starts streaming.
 pub async fn open(opts: &SessionOptions) -> Result<ReplicationStream, SourceError> {
-    let client = connection::connect_sql(&opts.conninfo).await?;
+    let client = conninfo::connect_sql(&opts.conninfo).await?;
     setup::check_wal_level(&client).await?;
     setup::check_replication_role(&client).await?;
     setup::check_publication(&client, &opts.publication).await?;
     let mut repl = ReplicationConnection::connect(&opts.conninfo).await?;
-    let version = repl.server_version_num();
+    let version = repl.server_version_num().unwrap_or(0);
     let slot = quote_ident(opts.slot.name());
     let start = match &opts.slot {
         Slot::Temporary(_) => {

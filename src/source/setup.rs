@@ -291,9 +291,10 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<SlotState, Setup
         return Ok(state);
     }
     tracing::info!(slot, "creating replication slot");
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&slot];
     let create = client.query_one(
         "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&slot],
+        &params,
     );
     tokio::pin!(create);
     let mut waited = Duration::ZERO;
