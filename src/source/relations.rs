@@ -284,7 +284,9 @@ impl RelationCache {
                         None => typlen == -1,
                     };
                 if !is_array {
-                    return Ok(Arc::new(PgType::Text));
+                    // json_categorize_type() picks bool, numbers, json, jsonb and the
+                    // date/time types by OID; every other base type is its output string.
+                    return Ok(Arc::new(scalar_category(oid)));
                 }
                 let element = self.child(elem, outer, depth).await?;
                 if matches!(oid, INT2VECTOR | OIDVECTOR) {
@@ -371,6 +373,14 @@ const TEXTS: &[(u32, u32)] = &[
 
 const BOX: u32 = 603;
 const BOX_ARRAY: u32 = 1020;
+
+/// What `to_jsonb` does with a non-array base type, by OID.
+fn scalar_category(oid: u32) -> PgType {
+    SCALARS
+        .iter()
+        .find(|(scalar, _, _)| *scalar == oid)
+        .map_or(PgType::Text, |(_, _, ty)| ty.clone())
+}
 
 /// The [`PgType`] of a common built-in OID, without asking the catalog.
 pub fn builtin_type(oid: u32) -> Option<PgType> {
