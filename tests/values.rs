@@ -33,6 +33,9 @@ CREATE TYPE outer_t AS (id int, "inner" inner_t, tags text[], "a b" numeric, not
     moods mood[], doc jsonb, j json, zz posint, "Z" bool);
 CREATE TYPE dropped_t AS (a int, b text, c float8);
 ALTER TYPE dropped_t DROP ATTRIBUTE b;
+CREATE DOMAIN inner_d AS inner_t;
+CREATE DOMAIN posint_list AS posint[];
+CREATE TYPE wide_t AS (r tstzrange, mr text, blob bytea, arr inner_d[], grid int[], sp text, ch char(3)[]);
 CREATE TABLE items (id posint PRIMARY KEY, feeling mood, tag label, cost price, body outer_t,
     moods mood[], ids int_list);
 "#;
@@ -71,13 +74,19 @@ fn samples() -> Vec<(&'static str, u32)> {
         ("0::numeric", 0),
         ("(-0.000)::numeric", 0),
         ("'NaN'::numeric", 0),
-        ("'123456789012345678901234567890.123456789012345678901234567890'::numeric", 0),
+        (
+            "'123456789012345678901234567890.123456789012345678901234567890'::numeric",
+            0,
+        ),
         ("1e-100::numeric", 0),
         ("1e100::numeric", 0),
         ("12.34::numeric(10,4)", 0),
         // text-like
         ("'hello'::text", 0),
-        ("'quote \" backslash \\ tab \t newline \n unicode é 😀'::text", 0),
+        (
+            "'quote \" backslash \\ tab \t newline \n unicode é 😀'::text",
+            0,
+        ),
         ("''::text", 0),
         ("'abc'::varchar(10)", 0),
         ("'ab'::char(5)", 0),
@@ -87,13 +96,19 @@ fn samples() -> Vec<(&'static str, u32)> {
         ("''::bytea", 0),
         ("'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid", 0),
         // json / jsonb
-        ("'{\"b\": 1, \"a\": {\"y\": [1, 2.50, 1e2, -0, true, null]}, \"b\": \"dup\"}'::json", 0),
+        (
+            "'{\"b\": 1, \"a\": {\"y\": [1, 2.50, 1e2, -0, true, null]}, \"b\": \"dup\"}'::json",
+            0,
+        ),
         ("'[1, \"two\", {\"c\": 3, \"bb\": 2, \"a\": 1}]'::json", 0),
         ("'\"just a string\"'::json", 0),
         ("'12.50'::json", 0),
         ("'1E+2'::json", 0),
         ("'null'::json", 0),
-        ("'{\"b\": 1, \"a\": {\"y\": [1, 2.50, 1e2]}, \"b\": \"dup\"}'::jsonb", 0),
+        (
+            "'{\"b\": 1, \"a\": {\"y\": [1, 2.50, 1e2]}, \"b\": \"dup\"}'::jsonb",
+            0,
+        ),
         ("'{\"escaped\": \"\\u00e9\\n\\\"\"}'::jsonb", 0),
         ("'[]'::jsonb", 0),
         // date / time
@@ -176,9 +191,18 @@ fn samples() -> Vec<(&'static str, u32)> {
         ("ARRAY[1.50, 'NaN', -0.0]::numeric[]", 0),
         ("ARRAY['NaN', '-Infinity', 1e-10, 2.5]::float8[]", 0),
         ("ARRAY['2024-01-01', 'infinity']::date[]", 0),
-        ("ARRAY['2024-01-01 10:00', '0044-03-15 12:00 BC']::timestamp[]", 0),
-        ("ARRAY['2024-01-01 10:00+02', '-infinity']::timestamptz[]", 0),
-        ("ARRAY['{\"b\": 1, \"a\": [2]}', 'null', '\"s\"']::jsonb[]", 0),
+        (
+            "ARRAY['2024-01-01 10:00', '0044-03-15 12:00 BC']::timestamp[]",
+            0,
+        ),
+        (
+            "ARRAY['2024-01-01 10:00+02', '-infinity']::timestamptz[]",
+            0,
+        ),
+        (
+            "ARRAY['{\"b\": 1, \"a\": [2]}', 'null', '\"s\"']::jsonb[]",
+            0,
+        ),
         ("ARRAY['{\"b\": 1, \"a\": 2, \"b\": 3}', '1e3']::json[]", 0),
         ("ARRAY['(1,1),(0,0)', '(3,3),(2,2)']::box[]", 0),
         ("ARRAY['\\x01', '\\x']::bytea[]", 0),
@@ -188,8 +212,14 @@ fn samples() -> Vec<(&'static str, u32)> {
         ("ARRAY[1, 2]::posint[]", 0),
         ("ARRAY['1 day', '-01:00']::interval[]", 0),
         ("ARRAY['a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11']::uuid[]", 0),
-        ("ARRAY[ROW(1, 'x', NULL)::inner_t, NULL, ROW(NULL, 'a \"q\" \\ (b,c)', '2024-01-01')::inner_t]", 0),
-        ("ARRAY[[ROW(1, 'x', NULL)::inner_t], [ROW(2, NULL, NULL)::inner_t]]", 0),
+        (
+            "ARRAY[ROW(1, 'x', NULL)::inner_t, NULL, ROW(NULL, 'a \"q\" \\ (b,c)', '2024-01-01')::inner_t]",
+            0,
+        ),
+        (
+            "ARRAY[[ROW(1, 'x', NULL)::inner_t], [ROW(2, NULL, NULL)::inner_t]]",
+            0,
+        ),
         // composites
         ("ROW(1, 'a b', NULL)::inner_t", 0),
         ("ROW(NULL, NULL, NULL)::inner_t", 0),
@@ -206,6 +236,30 @@ fn samples() -> Vec<(&'static str, u32)> {
             0,
         ),
         ("ROW(1, 2.5)::dropped_t", 0),
+        ("ROW(1, 'y', '-infinity')::inner_d", 0),
+        ("'{1,2}'::posint_list", 0),
+        ("ARRAY[ROW(1, 'x', NULL)::inner_d]", 0),
+        (
+            "ROW(tstzrange('2024-01-01', '2024-02-01'), 'a\\b\"c', '\\x5c22', \
+             ARRAY[ROW(1, '(\"x\")', NULL)::inner_d, NULL], '{{1,NULL},{3,4}}', '  ', \
+             ARRAY['ab', NULL])::wide_t",
+            0,
+        ),
+        (
+            "ARRAY[ROW(NULL, NULL, NULL, NULL, NULL, NULL, NULL)::wide_t]",
+            0,
+        ),
+        ("'24:00:00'::time", 0),
+        ("ARRAY['ab', ' ']::char(3)[]", 0),
+        ("ARRAY[E'tab\\there', E'line\\nbreak', 'x\\y']", 0),
+        ("ARRAY['{\"a\": \"back\\\\slash\"}']::jsonb[]", 0),
+        (
+            "'{\"s\": \"\\u00e9 \\\" \\\\ \\/\", \"n\": -1.5E-3}'::json",
+            0,
+        ),
+        ("'294276-12-31 23:59:59.999999'::timestamp", 0),
+        ("'4713-01-01 BC'::date", 0),
+        ("'{}'::text[]", 0),
     ];
     s.extend([
         ("'Infinity'::numeric", 14),
@@ -222,7 +276,10 @@ async fn connect(cluster: &Cluster, db: &str) -> tokio_postgres::Client {
         .await
         .expect("connect");
     tokio::spawn(connection);
-    client.batch_execute(SESSION).await.expect("session settings");
+    client
+        .batch_execute(SESSION)
+        .await
+        .expect("session settings");
     client
 }
 
@@ -284,6 +341,8 @@ async fn every_type_matches_to_jsonb() {
         .collect();
     let samples = fetch(&client, &exprs).await;
 
+    // WALHOOK_VALUES_DUMP=1 prints every sample's text and JSON, for review.
+    let dump = std::env::var_os("WALHOOK_VALUES_DUMP").is_some();
     let mut failures = Vec::new();
     let mut verified = BTreeSet::new();
     for s in &samples {
@@ -293,6 +352,9 @@ async fn every_type_matches_to_jsonb() {
         match text_to_json(&ty, &s.text) {
             Ok(got) => {
                 let got = serde_json::to_string(&got).expect("serializes");
+                if dump {
+                    println!("{} [{}]\n    {}\n => {got}", s.expr, s.type_name, s.text);
+                }
                 if got == expected {
                     verified.insert(s.type_name.clone());
                 } else {
@@ -333,7 +395,10 @@ async fn builtin_table_agrees_with_the_catalog() {
             .resolve_type_from_catalog(oid)
             .await
             .unwrap_or_else(|e| panic!("oid {oid}: {e}"));
-        assert_eq!(*slow, fast, "built-in mapping of type {oid} differs from pg_type");
+        assert_eq!(
+            *slow, fast,
+            "built-in mapping of type {oid} differs from pg_type"
+        );
     }
 }
 
@@ -369,14 +434,25 @@ async fn relation_with_domain_enum_and_composite_columns_resolves() {
     };
     let id = relation.id;
     let mut cache = RelationCache::new(client);
-    cache.on_relation(relation).await.expect("relation resolves");
+    cache
+        .on_relation(relation)
+        .await
+        .expect("relation resolves");
     let cached = cache.get(id).expect("cached");
     assert_eq!(&*cached.schema, "public");
     assert_eq!(&*cached.table, "items");
     let kinds: Vec<&str> = cached.types.iter().map(|t| t.kind()).collect();
     assert_eq!(
         kinds,
-        ["number", "text", "text", "number", "composite", "array", "array"]
+        [
+            "number",
+            "text",
+            "text",
+            "number",
+            "composite",
+            "array",
+            "array"
+        ]
     );
     let PgType::Composite(body) = &*cached.types[4] else {
         panic!("body is not a composite");
@@ -384,11 +460,16 @@ async fn relation_with_domain_enum_and_composite_columns_resolves() {
     let names: Vec<&str> = body.fields().iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["id", "inner", "tags", "a b", "nothing", "moods", "doc", "j", "zz", "Z"]
+        [
+            "id", "inner", "tags", "a b", "nothing", "moods", "doc", "j", "zz", "Z"
+        ]
     );
 
     // A type that is gone is a permanent, named error.
-    let err = cache.resolve_type(4_000_000_000).await.expect_err("no such type");
+    let err = cache
+        .resolve_type(4_000_000_000)
+        .await
+        .expect_err("no such type");
     assert!(!err.is_transient());
     assert!(err.to_string().contains("4000000000"), "{err}");
 }
