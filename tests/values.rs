@@ -7,6 +7,8 @@
 //! numbers must match digit for digit (`1.50` is not `1.5`), as a webhook receiver would
 //! see them.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::BTreeSet;
