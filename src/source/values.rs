@@ -29,10 +29,6 @@ use crate::source::pgoutput::TupleValue;
 /// Array nesting Postgres allows (`MAXDIM`); deeper input is rejected before recursing.
 const MAX_ARRAY_DIMS: usize = 6;
 
-/// `numeric_in` rejects exponents beyond ±`NUMERIC_MAX_PRECISION`; so do we, which also
-/// bounds the length of the digits we write out.
-const MAX_EXPONENT: i64 = 1000;
-
 /// What `to_jsonb()` does with a column's type; built from the catalog in `relations`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PgType {
@@ -187,19 +183,36 @@ fn number(text: &str) -> Result<Value, Cow<'static, str>> {
     if text.bytes().any(|b| b == b'N' || b == b'n') {
         return Ok(Value::String(text.to_owned()));
     }
-    numeric_json(text)
+    match canonical_numeric(text) {
+        Ok(canonical) => numeric_json(&canonical),
+        Err(NumericError::Syntax(problem)) => Err(problem),
+        Err(NumericError::OutOfRange) => Err("value overflows numeric format".into()),
+    }
 }
 
-fn numeric_json(text: &str) -> Result<Value, Cow<'static, str>> {
-    let canonical = canonical_numeric(text)?;
-    Number::from_str(&canonical)
+fn numeric_json(canonical: &str) -> Result<Value, Cow<'static, str>> {
+    Number::from_str(canonical)
         .map(Value::Number)
         .map_err(|_| Cow::Borrowed("not a number"))
 }
 
+/// Why a decimal is not a numeric.
+enum NumericError {
+    /// Not a decimal at all.
+    Syntax(Cow<'static, str>),
+    /// More digits than numeric stores (`make_result`'s overflow check).
+    OutOfRange,
+}
+
+/// Integer digits numeric can store: an int16 weight of base-10000 digits.
+const NUMERIC_MAX_INT_DIGITS: i64 = 4 * 32768;
+/// Fraction digits numeric can store (`NUMERIC_DSCALE_MAX`).
+const NUMERIC_MAX_SCALE: i64 = 0x3FFF;
+
 /// The text `numeric_out(numeric_in(text))` prints, for a plain decimal with an optional
 /// exponent. The scale is the fraction's digits minus the exponent, at least 0.
-fn canonical_numeric(text: &str) -> Result<Cow<'_, str>, Cow<'static, str>> {
+fn canonical_numeric(text: &str) -> Result<Cow<'_, str>, NumericError> {
+    let syntax = |p: &'static str| NumericError::Syntax(Cow::Borrowed(p));
     let b = text.as_bytes();
     let mut i = 0;
     let negative = match b.first() {
@@ -218,8 +231,9 @@ fn canonical_numeric(text: &str) -> Result<Cow<'_, str>, Cow<'static, str>> {
         i += 1;
     }
     let int_digits = &text[int_start..i];
+    let has_point = b.get(i) == Some(&b'.');
     let mut frac_digits = "";
-    if i < b.len() && b[i] == b'.' {
+    if has_point {
         i += 1;
         let start = i;
         while i < b.len() && b[i].is_ascii_digit() {
@@ -228,10 +242,10 @@ fn canonical_numeric(text: &str) -> Result<Cow<'_, str>, Cow<'static, str>> {
         frac_digits = &text[start..i];
     }
     if int_digits.is_empty() && frac_digits.is_empty() {
-        return Err("expected digits".into());
+        return Err(syntax("expected digits"));
     }
     let mut exponent: i64 = 0;
-    let has_exponent = i < b.len() && (b[i] == b'e' || b[i] == b'E');
+    let has_exponent = matches!(b.get(i), Some(b'e') | Some(b'E'));
     if has_exponent {
         i += 1;
         let exp_negative = match b.get(i) {
@@ -247,75 +261,83 @@ fn canonical_numeric(text: &str) -> Result<Cow<'_, str>, Cow<'static, str>> {
         };
         let start = i;
         while i < b.len() && b[i].is_ascii_digit() {
-            // Saturate: anything past MAX_EXPONENT is rejected below anyway.
-            exponent = (exponent * 10 + i64::from(b[i] - b'0')).min(MAX_EXPONENT + 1);
+            // Saturate: far past any exponent the range checks below accept.
+            exponent = (exponent * 10 + i64::from(b[i] - b'0')).min(1 << 40);
             i += 1;
         }
         if start == i {
-            return Err("exponent has no digits".into());
+            return Err(syntax("exponent has no digits"));
         }
         if exp_negative {
             exponent = -exponent;
         }
-        if exponent.abs() > MAX_EXPONENT {
-            return Err("exponent out of range".into());
-        }
     }
     if i != b.len() {
-        return Err(format!("unexpected character at byte {i}").into());
+        return Err(NumericError::Syntax(
+            format!("unexpected character at byte {i}").into(),
+        ));
     }
-    let is_zero = int_digits
+    let first_nonzero = int_digits
         .bytes()
         .chain(frac_digits.bytes())
-        .all(|d| d == b'0');
-    let has_point = text[int_start + int_digits.len()..].starts_with('.');
+        .position(|d| d != b'0');
+    // Where the decimal point goes among int_digits ++ frac_digits (may be outside them).
+    let point = int_digits.len() as i64 + exponent;
+    let scale = (frac_digits.len() as i64 - exponent).max(0);
+    let int_len = first_nonzero.map_or(0, |f| (point - f as i64).max(0));
+    if int_len > NUMERIC_MAX_INT_DIGITS || scale > NUMERIC_MAX_SCALE {
+        return Err(NumericError::OutOfRange);
+    }
     let canonical = !has_exponent
         && b.first() != Some(&b'+')
-        && !(negative && is_zero)
+        && !(negative && first_nonzero.is_none())
         && (int_digits == "0" || (!int_digits.is_empty() && !int_digits.starts_with('0')))
         && !(has_point && frac_digits.is_empty());
     if canonical {
         return Ok(Cow::Borrowed(text));
     }
-    // The slow path: place the decimal point `exponent` digits to the right.
+    // The slow path: write the digits with the point moved `exponent` places right.
     let digits: Vec<u8> = int_digits.bytes().chain(frac_digits.bytes()).collect();
-    let point = int_digits.len() as i64 + exponent; // may be < 0 or > digits.len()
-    let scale = (frac_digits.len() as i64 - exponent).max(0);
-    let mut out = String::with_capacity(digits.len() + scale as usize + 3);
-    if negative && !is_zero {
+    let len = digits.len() as i64;
+    let mut out = String::with_capacity((int_len + scale) as usize + 3);
+    if negative && first_nonzero.is_some() {
         out.push('-');
     }
-    let int_len = point.clamp(0, digits.len() as i64) as usize;
-    let int_part = &digits[..int_len];
-    let first_nonzero = int_part.iter().position(|&d| d != b'0');
-    match first_nonzero {
-        Some(p) => {
-            out.extend(int_part[p..].iter().map(|&d| d as char));
-            for _ in digits.len() as i64..point {
-                out.push('0');
-            }
+    if int_len == 0 {
+        out.push('0');
+    } else {
+        for k in (point - int_len)..point {
+            // k >= 0 here: int_len > 0 means the first nonzero digit is left of the point.
+            out.push(if k < len {
+                digits[k as usize] as char
+            } else {
+                '0'
+            });
         }
-        None => out.push('0'),
     }
     if scale > 0 {
         out.push('.');
-        for _ in point..0 {
-            out.push('0');
+        for k in point..point + scale {
+            out.push(if (0..len).contains(&k) {
+                digits[k as usize] as char
+            } else {
+                '0'
+            });
         }
-        let frac_start = point.max(0) as usize;
-        out.extend(digits[frac_start..].iter().map(|&d| d as char));
     }
     Ok(Cow::Owned(out))
 }
 
 /// Rewrites parsed `json` the way converting it to jsonb does: numbers through
 /// `numeric_in`, duplicate keys resolved (serde_json already kept the last value), keys in
-/// jsonb order.
+/// jsonb order. A number beyond numeric's range, on which `to_jsonb` would fail, is kept
+/// as written rather than failing the whole row.
 fn jsonb_normalize(value: Value) -> Result<Value, Cow<'static, str>> {
     Ok(match value {
-        Value::Number(n) => match canonical_numeric(n.as_str())? {
-            Cow::Borrowed(_) => Value::Number(n),
-            Cow::Owned(s) => numeric_json(&s)?,
+        Value::Number(n) => match canonical_numeric(n.as_str()) {
+            Ok(Cow::Owned(s)) => numeric_json(&s)?,
+            Ok(Cow::Borrowed(_)) | Err(NumericError::OutOfRange) => Value::Number(n),
+            Err(NumericError::Syntax(problem)) => return Err(problem),
         },
         Value::Array(items) => Value::Array(
             items
@@ -701,7 +723,17 @@ mod tests {
         let tiny = conv(&n, "1e-300");
         assert_eq!(tiny.len(), 302);
         assert!(tiny.starts_with("0.000") && tiny.ends_with("01"));
-        for bad in ["", "-", "1e", "1x", "--1", "1e99999", "."] {
+        assert_eq!(conv(&n, "0.001e5"), "100");
+        assert_eq!(conv(&n, "0e99999"), "0");
+        assert_eq!(conv(&n, "-0.0e-2"), "0.000");
+        assert_eq!(conv(&n, "00012.50"), "12.50");
+        assert_eq!(conv(&n, ".5"), "0.5");
+        assert_eq!(conv(&n, "5."), "5");
+        assert_eq!(conv(&n, "+5"), "5");
+        assert_eq!(conv(&n, "12345e-2"), "123.45");
+        for bad in [
+            "", "-", "1e", "1x", "--1", "1e999999", "1e-99999", "0e-99999", ".",
+        ] {
             assert!(text_to_json(&n, bad).is_err(), "{bad:?}");
         }
     }
@@ -725,6 +757,8 @@ mod tests {
         );
         assert_eq!(conv(&PgType::Jsonb, r#"{"a": 1.50}"#), r#"{"a":1.50}"#);
         assert!(text_to_json(&PgType::Json, "{").is_err());
+        // to_jsonb would fail on a number numeric cannot hold; keep it rather than the row.
+        assert_eq!(conv(&PgType::Json, "[1e999999]"), "[1e999999]");
     }
 
     #[test]
