@@ -122,6 +122,13 @@ fn err(ty: &PgType, problem: impl Into<Cow<'static, str>>) -> ValueError {
     }
 }
 
+fn array_err(problem: &str, pos: usize) -> ValueError {
+    ValueError {
+        ty: "array",
+        problem: format!("{problem} at byte {pos}").into(),
+    }
+}
+
 /// Converts one pgoutput column value; `None` for an unchanged TOASTed value (not sent).
 pub fn tuple_value_to_json(ty: &PgType, value: &TupleValue) -> Result<Option<Value>, ValueError> {
     match value {
@@ -412,19 +419,13 @@ struct ArrayParser<'a> {
     text: &'a str,
     pos: usize,
     delimiter: u8,
-    ty: &'a PgType,
 }
 
 fn array(element: &PgType, delimiter: u8, text: &str) -> Result<Value, ValueError> {
-    let ty = PgType::Array {
-        element: Arc::new(PgType::Text), // only for its kind() in error messages
-        delimiter,
-    };
     let mut p = ArrayParser {
         text,
         pos: 0,
         delimiter,
-        ty: &ty,
     };
     p.skip_space();
     if p.peek() == Some(b'[') {
@@ -458,7 +459,7 @@ impl<'a> ArrayParser<'a> {
     }
 
     fn error(&self, problem: &str) -> ValueError {
-        err(self.ty, format!("{problem} at byte {}", self.pos))
+        array_err(problem, self.pos)
     }
 
     /// Parses `{...}` starting at the `{`.
@@ -910,6 +911,32 @@ mod tests {
                        PgType::Timestamptz, arr(PgType::Number), arr(PgType::Text), nested] {
                 let _ = text_to_json(&ty, &text);
             }
+        }
+
+        #[test]
+        fn never_panics_on_structured_noise(text in r#"[{}()\[\]:=,;" \\a0-9eE.+\-NULTBCé]{0,48}"#) {
+            let inner = composite(vec![("a", arr(PgType::Number)), ("b", PgType::Text)]);
+            let deep = arr(composite(vec![("c", inner), ("d", arr(PgType::Timestamptz))]));
+            let boxes = PgType::Array { element: Arc::new(PgType::Text), delimiter: b';' };
+            for ty in [PgType::Number, PgType::Json, PgType::Timestamptz, arr(PgType::Text), boxes, deep] {
+                let _ = text_to_json(&ty, &text);
+            }
+        }
+
+        #[test]
+        fn records_round_trip(a in proptest::option::of(".{0,8}"), b in proptest::option::of(".{0,8}")) {
+            // record_out: NULL is empty; quote when empty or special; double `"` and `\`.
+            let quote = |v: &Option<String>| match v {
+                None => String::new(),
+                Some(s) if !s.is_empty() && !s.chars().any(|c| "\",()\\".contains(c) || c.is_ascii_whitespace()) => s.clone(),
+                Some(s) => format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\"\"")),
+            };
+            let literal = format!("({},{})", quote(&a), quote(&b));
+            let ty = composite(vec![("a", PgType::Text), ("b", PgType::Text)]);
+            let got = text_to_json(&ty, &literal).unwrap();
+            let as_json = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
+            prop_assert_eq!(&got["a"], &as_json(&a));
+            prop_assert_eq!(&got["b"], &as_json(&b));
         }
 
         #[test]
