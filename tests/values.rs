@@ -166,6 +166,8 @@ fn samples() -> Vec<(&'static str, u32)> {
         ("'pg_class'::regclass", 0),
         ("'1 2 3'::int2vector", 0),
         ("'1 2'::oidvector", 0),
+        ("''::int2vector", 0),
+        ("ARRAY['1 2'::int2vector, '3']", 0),
         ("'(0,1)'::tid", 0),
         // ranges
         ("int4range(1, 10)", 0),

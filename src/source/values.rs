@@ -17,6 +17,11 @@
 //! - everything else: its output string.
 //!
 //! Conversion is pure and never panics: text that does not parse is a [`ValueError`].
+//!
+//! Known differences from `to_jsonb`: json/jsonb nested deeper than 127 levels is an
+//! error (serde_json's recursion limit); where `to_jsonb` itself fails (a json number
+//! beyond numeric's range, `\u0000` in a json string) the value is kept instead; and a
+//! user type with a cast to json (e.g. hstore) is its output string, not the cast's result.
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -761,6 +766,16 @@ mod tests {
         // to_jsonb would fail on a number numeric cannot hold; keep it (as serde_json spells
         // it) rather than fail the row.
         assert_eq!(conv(&PgType::Json, "[1e999999]"), "[1e+999999]");
+    }
+
+    #[test]
+    fn json_deeper_than_serde_json_allows_is_an_error_not_a_crash() {
+        // serde_json stops at 128 levels; jsonb allows more. Known gap, see module docs.
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let e = text_to_json(&PgType::Jsonb, &deep).expect_err("too deep");
+        assert!(e.problem.contains("recursion limit"), "{e}");
+        let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(text_to_json(&PgType::Json, &ok).is_ok());
     }
 
     #[test]
