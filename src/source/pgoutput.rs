@@ -592,11 +592,7 @@ pub fn encode(msg: &PgOutput) -> Vec<u8> {
                 out.extend_from_slice(&c.type_modifier.to_be_bytes());
             }
         }
-        PgOutput::Type {
-            id,
-            namespace,
-            name,
-        } => {
+        PgOutput::Type { id, namespace, name } => {
             out.push(b'Y');
             out.extend_from_slice(&id.to_be_bytes());
             cstr(&mut out, namespace);

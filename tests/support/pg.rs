@@ -128,11 +128,7 @@ fn template(bin: &Path) -> PathBuf {
         if ready.exists() {
             return root.join("data");
         }
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&lock)
-        {
+        match fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
             Ok(_) => break,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
             Err(_) => {
@@ -177,24 +173,15 @@ fn template(bin: &Path) -> PathBuf {
 
 fn make_tls_files(data: &Path) {
     run(Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ])
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
         .arg("-keyout")
         .arg(data.join("server.key"))
         .arg("-out")
         .arg(data.join("server.crt")));
     chown_pg(data);
     if is_root() {
-        run(Command::new("chmod")
-            .arg("600")
-            .arg(data.join("server.key")));
+        run(Command::new("chmod").arg("600").arg(data.join("server.key")));
     }
 }
 
@@ -268,11 +255,7 @@ impl Cluster {
                 return;
             }
             self.kill();
-            assert!(
-                Instant::now() < deadline,
-                "postgres did not start:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "postgres did not start:\n{}", self.log());
             self.port = 0;
         }
     }
@@ -332,10 +315,7 @@ impl Cluster {
 
     /// `postgres://postgres@127.0.0.1:PORT/DB`, superuser, no TLS.
     pub fn url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
-            self.port
-        )
+        format!("postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable", self.port)
     }
 
     /// A URL for `user` (password = user name).
@@ -355,14 +335,7 @@ impl Cluster {
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
             .args(["-d", db, "-c", sql])
             .output()
             .expect("psql");
