@@ -77,20 +77,13 @@ fn decode_tuple(rel: &CachedRelation, tuple: &Tuple) -> Result<Decoded, ChangeEr
         out.push(match value {
             TupleValue::Null => Some(Value::Null),
             TupleValue::UnchangedToast => None,
-            TupleValue::Text(bytes) => {
-                let text = std::str::from_utf8(bytes.as_ref()).map_err(|_| ChangeError::Value {
+            TupleValue::Text(bytes) => Some(values::bytes_to_json(ty, bytes).map_err(|source| {
+                ChangeError::Value {
                     table: table(),
                     column: col.name.clone(),
-                    source: ValueError::not_utf8(),
-                })?;
-                Some(
-                    values::text_to_json(ty, text).map_err(|source| ChangeError::Value {
-                        table: table(),
-                        column: col.name.clone(),
-                        source,
-                    })?,
-                )
-            }
+                    source,
+                }
+            })?),
             TupleValue::Binary(_) => {
                 return Err(ChangeError::Binary {
                     table: table(),

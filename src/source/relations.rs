@@ -128,6 +128,10 @@ pub struct CachedRelation {
     pub schema: Arc<str>,
     /// Table name, shared with every change of the table.
     pub table: Arc<str>,
+    /// Columns that identify a row, for keeping one row's events in order: the replica
+    /// identity key, or under REPLICA IDENTITY FULL (where every column is flagged) the
+    /// primary key. Empty when the table has neither.
+    pub key_columns: Vec<usize>,
 }
 
 /// Relations by OID and types by OID, for one replication session.
@@ -164,14 +168,43 @@ impl RelationCache {
                     })?;
             types.push(ty);
         }
+        let key_columns = if rel.replica_identity == pgoutput::ReplicaIdentity::Full {
+            self.primary_key(&rel).await?
+        } else {
+            (0..rel.columns.len())
+                .filter(|&i| rel.columns[i].is_key)
+                .collect()
+        };
         let cached = CachedRelation {
             schema: Arc::from(rel.namespace.as_str()),
             table: Arc::from(rel.name.as_str()),
             types,
+            key_columns,
             relation: rel,
         };
         self.relations.insert(cached.relation.id, cached);
         Ok(())
+    }
+
+    /// Positions of the primary key columns in the relation (empty without a primary key).
+    async fn primary_key(&self, rel: &pgoutput::Relation) -> Result<Vec<usize>, RelationError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                 WHERE i.indrelid = $1 AND i.indisprimary",
+                &[&rel.id],
+            )
+            .await
+            .map_err(|source| RelationError::Catalog {
+                oid: rel.id,
+                source,
+            })?;
+        let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        Ok((0..rel.columns.len())
+            .filter(|&i| names.contains(&rel.columns[i].name))
+            .collect())
     }
 
     /// The table last described under this relation OID.
