@@ -20,6 +20,7 @@
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod listen;
 pub mod lsn;
 pub mod progress;
 pub mod source;
