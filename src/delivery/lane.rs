@@ -154,7 +154,7 @@ async fn deliver(shared: &Shared, queued: &[Queued], stop: &mut watch::Receiver<
         let hint = match result.verdict {
             Verdict::Delivered => {
                 if shared.gone.swap(false, AtomicOrdering::AcqRel) {
-                    tracing::info!(target_name = %shared.name, "target answers again after 410 Gone; resuming");
+                    tracing::info!(trigger = %shared.name, "target answers again after 410 Gone; resuming");
                     shared.resumed.notify_waiters();
                 }
                 return true;
@@ -162,7 +162,7 @@ async fn deliver(shared: &Shared, queued: &[Queued], stop: &mut watch::Receiver<
             Verdict::Gone => {
                 if !shared.gone.swap(true, AtomicOrdering::AcqRel) {
                     tracing::warn!(
-                        target_name = %shared.name,
+                        trigger = %shared.name,
                         probe_every = %humantime::format_duration(shared.retry.max),
                         "target answered 410 Gone; pausing it and probing at the longest retry interval"
                     );
@@ -173,7 +173,7 @@ async fn deliver(shared: &Shared, queued: &[Queued], stop: &mut watch::Receiver<
                 if shared.on_4xx == On4xx::Dead && !told_no_dead_letter {
                     told_no_dead_letter = true;
                     tracing::error!(
-                        target_name = %shared.name,
+                        trigger = %shared.name,
                         webhook_id = %id,
                         status = result.status,
                         "on_4xx = \"dead\" but dead-lettering is not available yet; retrying instead"
@@ -205,7 +205,7 @@ fn log_failure(shared: &Shared, id: &str, attempt: u32, result: &Attempt, wait: 
     };
     let error = result.error.as_ref().map(error_chain);
     tracing::warn!(
-        target_name = %shared.name,
+        trigger = %shared.name,
         webhook_id = %id,
         attempt,
         status = result.status,

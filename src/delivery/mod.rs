@@ -160,6 +160,7 @@ impl Dispatcher {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(DeliveryError::NoRuntime);
         }
+        describe_metrics();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut handles = Vec::with_capacity(targets.len());
@@ -179,6 +180,13 @@ impl Dispatcher {
             }
             if t.timeout.is_zero() {
                 return Err(bad("timeout must be more than zero"));
+            }
+            // A zero backoff would hammer a failing receiver in a tight loop.
+            if t.retry.initial.is_zero() {
+                return Err(bad("retry.initial must be more than zero"));
+            }
+            if t.retry.max < t.retry.initial {
+                return Err(bad("retry.max must be at least retry.initial"));
             }
             let client = client::Client::new(
                 &t.name,
@@ -256,7 +264,8 @@ impl Dispatcher {
     /// rest without acking it. No ack is sent after this returns.
     ///
     /// Queued jobs and jobs waiting for a retry are abandoned at once; a request already on
-    /// the wire may still succeed (and be acked) until `grace` runs out.
+    /// the wire may still succeed (and be acked) until `grace` runs out. Dropping the
+    /// dispatcher instead abandons everything at once, in-flight requests included.
     pub async fn shutdown(mut self, grace: Duration) {
         let _ = self.stop.send(true);
         self.targets.clear(); // closes the lane queues
@@ -273,4 +282,20 @@ impl Dispatcher {
             while self.tasks.join_next().await.is_some() {}
         }
     }
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "walhook_deliveries_total",
+        "Events per delivery attempt, by trigger and outcome (delivered, server_error, …)"
+    );
+    metrics::describe_histogram!(
+        "walhook_delivery_seconds",
+        metrics::Unit::Seconds,
+        "Duration of one webhook request, by trigger"
+    );
+    metrics::describe_gauge!(
+        "walhook_queue_depth",
+        "Events submitted and not yet delivered, by trigger"
+    );
 }
