@@ -726,3 +726,137 @@ async fn throughput() {
             .await;
     }
 }
+
+/// A `Write` the test can read back.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    fn parsed(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+async fn listen(secret: Option<&str>) -> (reqwest::Url, Lines, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/any/path", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let lines = Lines::default();
+    let out = lines.clone();
+    let secret = secret.map(str::to_owned);
+    let task = tokio::spawn(async move {
+        walhook::listen::serve(listener, secret, out).await.unwrap();
+    });
+    (url, lines, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_prints_and_verifies_what_delivery_sends() {
+    let (url, lines, task) = listen(Some(SECRET)).await;
+    let mut t = target(url);
+    t.secret = Some(SECRET.into());
+    t.batch = 5;
+    let (d, mut rx) = start(t);
+    d.submit(0, job(1)).await;
+    acks(&mut rx, 1, Duration::from_secs(5)).await;
+    d.shutdown(Duration::from_secs(1)).await;
+    let got = lines.parsed();
+    assert_eq!(got.len(), 1);
+    let line = &got[0];
+    assert_eq!(line["verified"], serde_json::json!(true));
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/any/path");
+    assert!(line["webhook_id"].as_str().unwrap().starts_with("evt_1-1-"));
+    assert!(line["timestamp"].as_u64().unwrap().abs_diff(now_secs()) <= 5);
+    assert_eq!(line["body"], serde_json::json!({"events": [{"seq": 1}]}));
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_answers_401_to_a_wrong_signature_so_nothing_is_acked() {
+    let (url, lines, task) = listen(Some(SECRET)).await;
+    let mut t = target(url);
+    t.secret = Some("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into());
+    let (d, mut rx) = start(t);
+    d.submit(0, job(1)).await;
+    assert!(
+        no_more_acks(&mut rx, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    d.shutdown(Duration::from_millis(100)).await;
+    let got = lines.parsed();
+    assert!(got.len() >= 2, "retried after 401");
+    assert!(
+        got.iter()
+            .all(|l| l["verified"] == serde_json::json!(false))
+    );
+    assert_eq!(got[0]["body"], serde_json::json!({"seq": 1}));
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_without_a_secret_reports_null_and_keeps_non_json_as_text() {
+    let (url, lines, task) = listen(None).await;
+    let (d, mut rx) = start(target(url));
+    d.submit(
+        0,
+        Job {
+            body: Bytes::from_static(b"plain text"),
+            ..job(3)
+        },
+    )
+    .await;
+    acks(&mut rx, 1, Duration::from_secs(5)).await;
+    d.shutdown(Duration::from_secs(1)).await;
+    let got = lines.parsed();
+    assert_eq!(got[0]["verified"], serde_json::Value::Null);
+    assert_eq!(got[0]["body"], "plain text");
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_outcomes_time_requests_and_track_depth() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let rx_http = receiver(|n| if n == 0 { status(503) } else { status(200) }).await;
+    let mut t = target(rx_http.url());
+    t.name = "orders".into();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Handles are made at start, so a recorder in scope there is the one they record into.
+    let d = metrics::with_local_recorder(&recorder, || Dispatcher::start(vec![t], tx)).unwrap();
+    for i in 0..3 {
+        d.submit(0, job(i)).await;
+    }
+    acks(&mut rx, 3, Duration::from_secs(5)).await;
+    let text = prometheus.render();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has(r#"walhook_deliveries_total{trigger="orders",outcome="delivered"} 3"#),
+        "{text}"
+    );
+    assert!(
+        has(r#"walhook_deliveries_total{trigger="orders",outcome="server_error"} 1"#),
+        "{text}"
+    );
+    assert!(has(r#"walhook_queue_depth{trigger="orders"} 0"#), "{text}");
+    assert!(
+        has(r#"walhook_delivery_seconds_count{trigger="orders"} 4"#),
+        "{text}"
+    );
+    d.shutdown(Duration::from_secs(1)).await;
+}
