@@ -21,6 +21,7 @@ pub mod check;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod listen;
 pub mod lsn;
 pub mod progress;
 pub mod run;

@@ -1,1 +1,301 @@
-//! (to be written)
+//! HTTP delivery: per target, ordered lanes that send, sign and retry webhooks.
+//!
+//! ```text
+//! submit(target, job) ──▶ lane[order_key % concurrency] (bounded queue) ──▶ one request at a time
+//!                                                                      └─▶ 2xx: acks ← job.txn
+//! ```
+//!
+//! - Order: a lane sends its jobs strictly in submit order and retries the head until it is
+//!   delivered, so jobs with the same `order_key` arrive in order while lanes run in parallel.
+//! - At-least-once: `acks` gets `job.txn` once per job, only after a 2xx for the request that
+//!   carried it. A failing target holds its jobs and retries forever (parking comes later).
+//! - Back-pressure: each lane queue holds at most `max(256, 4 × batch)` jobs and each target at
+//!   most [`TARGET_QUEUE_BYTES`] of bodies; `submit` waits while either is full.
+//! - Batches (`batch > 1`): a lane takes what is queued, up to `batch`, without waiting, and
+//!   sends `{"events":[…]}` built from the raw bodies; `webhook-id` is
+//!   `{first id}-{count}-{16 hex of SHA-256 over the ids}` (stable for the same members).
+//! - Outcomes ([`outcome`]): 2xx delivered; 3xx (never followed), 408, 429, 5xx and transport
+//!   errors retried with full-jitter backoff ([`retry`]) honouring `Retry-After`; other 4xx
+//!   retried the same way. `on_4xx = "dead"` is not possible yet (no dead-letter table): it
+//!   logs an error once per request and retries. 410 Gone pauses the target: fresh requests
+//!   wait up to `retry.max`, failing ones retry every `retry.max`, until a 2xx resumes it.
+//! - Metrics (register the recorder before [`Dispatcher::start`]; handles are made there):
+//!   `walhook_deliveries_total{trigger,outcome}` counts events per attempt outcome,
+//!   `walhook_delivery_seconds{trigger}` times each request, `walhook_queue_depth{trigger}`
+//!   counts jobs submitted and not yet delivered or abandoned.
+
+pub mod outcome;
+pub mod retry;
+pub mod sign;
+
+mod batch;
+mod client;
+mod lane;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{HttpMethod, On4xx, Ordering, RetrySettings};
+use lane::{Queued, Shared, TargetMetrics, Throttle};
+
+pub use sign::verify;
+
+/// Bytes of queued bodies one target may hold before `submit` waits.
+pub const TARGET_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Bookkeeping charged per job on top of its body, so tiny jobs are bounded too.
+const JOB_OVERHEAD: usize = 128;
+
+/// One webhook destination with its delivery settings.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Trigger name: the `trigger` label of metrics and logs.
+    pub name: String,
+    /// Where requests go (redirects are not followed).
+    pub url: reqwest::Url,
+    /// HTTP method.
+    pub method: HttpMethod,
+    /// Extra headers sent on every request (they replace defaults of the same name).
+    pub headers: Vec<(String, String)>,
+    /// Standard Webhooks secret, `whsec_<base64>`; requests are signed when set.
+    pub secret: Option<String>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Retry schedule (`initial`, `max`; parking settings are not used yet).
+    pub retry: RetrySettings,
+    /// Number of lanes, i.e. requests in flight at once.
+    pub concurrency: usize,
+    /// How the caller derives `order_key` (kept for logs; lanes only see the key).
+    pub ordering: Ordering,
+    /// Most events per request; 1 sends each event as its own body.
+    pub batch: usize,
+    /// What a non-retryable 4xx does.
+    pub on_4xx: On4xx,
+}
+
+/// One event to deliver.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Event id: the `webhook-id` when sent alone.
+    pub id: String,
+    /// The event's JSON, sent byte for byte.
+    pub body: Bytes,
+    /// Chooses the lane (`order_key % concurrency`): same key, same order.
+    pub order_key: u64,
+    /// Transaction the event came from; sent on `acks` once delivered.
+    pub txn: u64,
+}
+
+/// Why delivery could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// `start` was called outside a tokio runtime.
+    #[error("delivery must be started inside a tokio runtime")]
+    NoRuntime,
+    /// The target's secret is not `whsec_` + base64.
+    #[error(
+        "trigger {target:?}: secret must be \"whsec_\" followed by base64 (as the Standard Webhooks libraries generate)"
+    )]
+    BadSecret {
+        /// Trigger name.
+        target: String,
+    },
+    /// A configured header has an invalid name or value.
+    #[error("trigger {target:?}: header {name:?} is not a valid HTTP header name/value")]
+    BadHeader {
+        /// Trigger name.
+        target: String,
+        /// Header name as configured.
+        name: String,
+    },
+    /// A numeric setting is out of range.
+    #[error("trigger {target:?}: {what}")]
+    BadSetting {
+        /// Trigger name.
+        target: String,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// The HTTP client could not be built (TLS roots, …).
+    #[error("trigger {target:?}: cannot build the HTTP client")]
+    Client {
+        /// Trigger name.
+        target: String,
+        /// The underlying error.
+        source: reqwest::Error,
+    },
+}
+
+struct TargetHandle {
+    lanes: Vec<mpsc::Sender<Queued>>,
+    shared: Arc<Shared>,
+    budget_bytes: usize,
+}
+
+/// Delivers jobs to targets; acks each delivered job's txn.
+pub struct Dispatcher {
+    targets: Vec<TargetHandle>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("targets", &self.targets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// Validates the targets and starts their lanes (must run inside a tokio runtime).
+    pub fn start(
+        targets: Vec<Target>,
+        acks: mpsc::UnboundedSender<u64>,
+    ) -> Result<Dispatcher, DeliveryError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(DeliveryError::NoRuntime);
+        }
+        describe_metrics();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut handles = Vec::with_capacity(targets.len());
+        for t in targets {
+            let bad = |what| DeliveryError::BadSetting {
+                target: t.name.clone(),
+                what,
+            };
+            if t.concurrency == 0 {
+                return Err(bad("concurrency must be at least 1"));
+            }
+            if t.batch == 0 {
+                return Err(bad("batch must be at least 1"));
+            }
+            if !matches!(t.url.scheme(), "http" | "https") {
+                return Err(bad("url must be http:// or https://"));
+            }
+            if t.timeout.is_zero() {
+                return Err(bad("timeout must be more than zero"));
+            }
+            // A zero backoff would hammer a failing receiver in a tight loop.
+            if t.retry.initial.is_zero() {
+                return Err(bad("retry.initial must be more than zero"));
+            }
+            if t.retry.max < t.retry.initial {
+                return Err(bad("retry.max must be at least retry.initial"));
+            }
+            let client = client::Client::new(
+                &t.name,
+                t.url.clone(),
+                t.method,
+                &t.headers,
+                t.secret.as_deref(),
+                t.timeout,
+            )?;
+            let shared = Arc::new(Shared {
+                metrics: TargetMetrics::new(&t.name),
+                name: t.name,
+                client,
+                retry: t.retry,
+                batch: t.batch,
+                on_4xx: t.on_4xx,
+                budget: Semaphore::new(TARGET_QUEUE_BYTES),
+                acks: acks.clone(),
+                gone: AtomicBool::new(false),
+                resumed: Notify::new(),
+                warn_throttle: Throttle::new(),
+            });
+            let capacity = (4 * t.batch).max(256);
+            let mut lanes = Vec::with_capacity(t.concurrency);
+            for _ in 0..t.concurrency {
+                let (tx, rx) = mpsc::channel(capacity);
+                tasks.spawn(lane::run(shared.clone(), rx, stop_rx.clone()));
+                lanes.push(tx);
+            }
+            handles.push(TargetHandle {
+                lanes,
+                shared,
+                budget_bytes: TARGET_QUEUE_BYTES,
+            });
+        }
+        Ok(Dispatcher {
+            targets: handles,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Queues a job for target `target` (its index in `start`'s list), waiting while the
+    /// target's queue is full. A job that cannot be queued (unknown target, dispatcher
+    /// stopping) is logged and never acked, so its WAL position is never confirmed.
+    pub async fn submit(&self, target: usize, job: Job) {
+        let Some(t) = self.targets.get(target) else {
+            tracing::error!(target_index = target, job = %job.id, "submit to an unknown target; the job will not be delivered or acked");
+            return;
+        };
+        // A body larger than the whole budget takes the whole budget: it still goes through.
+        let weight = (job.body.len() + JOB_OVERHEAD).min(t.budget_bytes);
+        let weight_u32 = u32::try_from(weight).unwrap_or(u32::MAX);
+        let Ok(permits) = t.shared.budget.acquire_many(weight_u32).await else {
+            return; // the semaphore is never closed; unreachable in practice
+        };
+        permits.forget(); // given back by the lane once the job is done
+        // usize → u64 is lossless on every supported platform.
+        let lane = &t.lanes[(job.order_key % t.lanes.len() as u64) as usize];
+        t.shared.metrics.depth.increment(1.0);
+        if let Err(mpsc::error::SendError(q)) = lane
+            .send(Queued {
+                job,
+                weight: weight_u32,
+            })
+            .await
+        {
+            t.shared.budget.add_permits(q.weight as usize);
+            t.shared.metrics.depth.decrement(1.0);
+            tracing::error!(trigger = %t.shared.name, job = %q.job.id, "lane has stopped; the job will not be delivered or acked");
+        }
+    }
+
+    /// Stops taking jobs, lets in-flight requests finish within `grace`, then abandons the
+    /// rest without acking it. No ack is sent after this returns.
+    ///
+    /// Queued jobs and jobs waiting for a retry are abandoned at once; a request already on
+    /// the wire may still succeed (and be acked) until `grace` runs out. Dropping the
+    /// dispatcher instead abandons everything at once, in-flight requests included.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        self.targets.clear(); // closes the lane queues
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                lanes = self.tasks.len(),
+                "shutdown grace ran out; abandoning in-flight requests (they will be redelivered)"
+            );
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "walhook_deliveries_total",
+        "Events per delivery attempt, by trigger and outcome (delivered, server_error, …)"
+    );
+    metrics::describe_histogram!(
+        "walhook_delivery_seconds",
+        metrics::Unit::Seconds,
+        "Duration of one webhook request, by trigger"
+    );
+    metrics::describe_gauge!(
+        "walhook_queue_depth",
+        "Events submitted and not yet delivered, by trigger"
+    );
+}
