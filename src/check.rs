@@ -100,7 +100,10 @@ pub async fn check(path: &Path) -> Report {
     let client = match conninfo::connect_sql(&conninfo).await {
         Ok(c) => c,
         Err(e) => {
-            report.push(Severity::Error, format!("cannot connect to {conninfo}: {e}"));
+            report.push(
+                Severity::Error,
+                format!("cannot connect to {conninfo}: {e}"),
+            );
             return report;
         }
     };

@@ -18,8 +18,8 @@ use crate::config::{Config, Ordering};
 use crate::delivery::{DeliveryError, Dispatcher, Job, Target};
 use crate::event::Change;
 use crate::progress::{Progress, TxnId};
-use crate::source::conninfo::{self, ConnInfo, ConnInfoError};
 use crate::source::connection::ConnectError;
+use crate::source::conninfo::{self, ConnInfo, ConnInfoError};
 use crate::source::session::{self, SessionOptions, Slot};
 use crate::source::setup::{self, SetupError};
 use crate::source::stream::{Confirmer, ReplicationStream, SourceError, SourceEvent};
@@ -95,7 +95,9 @@ fn order_key(ordering: Ordering, change: &Change, counter: &mut u64) -> u64 {
         }
         (Ordering::Row, Some(key)) => (&*change.schema, &*change.table, key).hash(&mut h),
         // A table without a key has no row identity: keep the table's order.
-        (Ordering::Row, None) | (Ordering::Table, _) => (&*change.schema, &*change.table).hash(&mut h),
+        (Ordering::Row, None) | (Ordering::Table, _) => {
+            (&*change.schema, &*change.table).hash(&mut h)
+        }
     }
     h.finish()
 }

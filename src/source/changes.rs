@@ -77,13 +77,13 @@ fn decode_tuple(rel: &CachedRelation, tuple: &Tuple) -> Result<Decoded, ChangeEr
         out.push(match value {
             TupleValue::Null => Some(Value::Null),
             TupleValue::UnchangedToast => None,
-            TupleValue::Text(bytes) => Some(values::bytes_to_json(ty, bytes).map_err(|source| {
-                ChangeError::Value {
+            TupleValue::Text(bytes) => Some(values::bytes_to_json(ty, bytes).map_err(
+                |source| ChangeError::Value {
                     table: table(),
                     column: col.name.clone(),
                     source,
-                }
-            })?),
+                },
+            )?),
             TupleValue::Binary(_) => {
                 return Err(ChangeError::Binary {
                     table: table(),
