@@ -465,25 +465,25 @@ fn every_type_matches_to_jsonb() {
     }
     // An all-NULL row, an update and a delete go through the same conversion.
     pg.psql(&db, "INSERT INTO wide (id) VALUES (2)");
+    let snapshot = || -> Vec<Value> {
+        pg.psql(&db, "SET TimeZone = 'UTC'; SELECT to_jsonb(w) FROM wide w ORDER BY id")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("to_jsonb row"))
+            .collect()
+    };
+    let inserted = snapshot();
     pg.psql(&db, "UPDATE wide SET c_int4 = c_int4 + 1 WHERE id = 0");
-    let expected: Vec<Value> = pg
-        .psql(
-            &db,
-            "SET TimeZone = 'UTC'; SELECT to_jsonb(w) FROM wide w ORDER BY id",
-        )
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("to_jsonb row"))
-        .collect();
+    let updated = snapshot();
     pg.psql(&db, "DELETE FROM wide WHERE id = 1");
     let ev = tail.events(5);
-    let by_id = |id: i64| expected.iter().find(|r| r["id"] == id).cloned();
+    let row = |rows: &[Value], id: i64| rows.iter().find(|r| r["id"] == id).cloned();
     let mut checked = 0;
     for (event, want) in [
-        (&ev[0]["record"], by_id(0)),
-        (&ev[1]["record"], by_id(1)),
-        (&ev[2]["record"], by_id(2)),
-        (&ev[3]["record"], by_id(0)),
-        (&ev[4]["old_record"], by_id(1)),
+        (&ev[0]["record"], row(&inserted, 0)),
+        (&ev[1]["record"], row(&inserted, 1)),
+        (&ev[2]["record"], row(&inserted, 2)),
+        (&ev[3]["record"], row(&updated, 0)),
+        (&ev[4]["old_record"], row(&updated, 1)),
     ] {
         let want = want.expect("row in to_jsonb output");
         for name in names.iter().copied().chain(["id"]) {
