@@ -5,8 +5,18 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use walhook::source::conninfo::ConnInfo;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use walhook::config::{self, Config};
+use walhook::server::{self, Health};
+use walhook::source::conninfo::{self, ConnInfo};
+use walhook::source::setup;
 use walhook::tail::{self, TailOptions};
+use walhook::{check, listen, run};
+
+/// Exit code for a config file that is invalid (clap uses 2 for bad arguments too).
+const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -27,8 +37,43 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Config file [default: $WALHOOK_CONFIG, else ./walhook.toml].
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(config::default_path)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: stream the slot and deliver matching changes as webhooks.
+    Run(ConfigArg),
+    /// Check the config file and the database; exit 0 only if `run` would start cleanly.
+    Check(ConfigArg),
+    /// Create the publication and the slot now (run does this on start too).
+    Setup(ConfigArg),
+    /// Drop the slot and the publication (stop walhook first: the slot's position is lost).
+    Teardown(ConfigArg),
+    /// Show the slot's position and lag.
+    Status(ConfigArg),
+    /// A local receiver: prints each delivery as a JSON line and checks its signature.
+    Listen {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Port to listen on.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The trigger's secret (whsec_…): deliveries without a valid signature get 401.
+        #[arg(long, env = "WALHOOK_LISTEN_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
     /// Print decoded row changes as JSON lines, from a temporary slot (leaves nothing behind).
     Tail {
         /// Database URL or key/value conninfo.
@@ -89,8 +134,105 @@ fn parse_table(s: &str) -> (String, String) {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// A failure that has already been reported, with the exit code to use.
+#[derive(Debug)]
+struct Exit(u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Loads the config, or prints every problem and fails with [`EXIT_CONFIG`].
+fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
+    config::load(&arg.path()).map_err(|e| {
+        eprintln!("walhook: invalid config:\n{e}");
+        anyhow::Error::new(Exit(EXIT_CONFIG))
+    })
+}
+
+async fn sql_client(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
+    let info = ConnInfo::parse(&config.source.url)
+        .map_err(|e| anyhow::anyhow!("source.url: {e}"))?;
+    Ok(conninfo::connect_sql(&info).await?)
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(arg) => {
+            let config = load_config(&arg)?;
+            let health = Arc::new(Health::default());
+            let metrics = server::install_metrics()?;
+            if let Some(addr) = config.server.listen {
+                let bound = server::start(addr, health.clone(), metrics).await?;
+                tracing::info!("status server on http://{bound} (/healthz /readyz /metrics)");
+            }
+            run::run(config, &health, shutdown_signal()).await?;
+        }
+        Command::Check(arg) => {
+            let report = check::check(&arg.path()).await;
+            for finding in &report.findings {
+                println!("{finding}");
+            }
+            if !report.passed() {
+                return Err(Exit(1).into());
+            }
+        }
+        Command::Setup(arg) => {
+            let config = load_config(&arg)?;
+            let router = walhook::triggers::Router::new(&config.triggers)?;
+            let client = sql_client(&config).await?;
+            setup::check_wal_level(&client).await?;
+            let change =
+                setup::sync_publication(&client, &config.source.publication, &router.tables())
+                    .await?;
+            println!("publication {:?}: {change:?}", config.source.publication);
+            let slot = setup::ensure_slot(&client, &config.source.slot).await?;
+            println!(
+                "slot {:?}: confirmed up to {}",
+                config.source.slot, slot.confirmed_flush
+            );
+        }
+        Command::Teardown(arg) => {
+            let config = load_config(&arg)?;
+            let client = sql_client(&config).await?;
+            let dropped = setup::drop_slot(&client, &config.source.slot).await?;
+            setup::drop_publication(&client, &config.source.publication).await?;
+            println!(
+                "slot {:?}: {}; publication {:?}: dropped",
+                config.source.slot,
+                if dropped { "dropped" } else { "did not exist" },
+                config.source.publication
+            );
+        }
+        Command::Status(arg) => {
+            let config = load_config(&arg)?;
+            let client = sql_client(&config).await?;
+            match setup::slot_state(&client, &config.source.slot).await? {
+                None => println!("slot {:?}: does not exist", config.source.slot),
+                Some(s) => println!(
+                    "slot {:?}: confirmed {}, retaining {} bytes of WAL, {}",
+                    config.source.slot,
+                    s.confirmed_flush,
+                    s.retained_bytes.unwrap_or(0),
+                    match s.active_pid {
+                        Some(pid) => format!("streaming (walsender pid {pid})"),
+                        None => "not streaming".to_string(),
+                    }
+                ),
+            }
+        }
+        Command::Listen { host, port, secret } => {
+            let listener = tokio::net::TcpListener::bind((host, port)).await?;
+            eprintln!("walhook listen: http://{}", listener.local_addr()?);
+            tokio::select! {
+                r = listen::serve(listener, secret, std::io::stdout()) => r?,
+                _ = shutdown_signal() => {}
+            }
+        }
         Command::Tail {
             database_url,
             publication,
@@ -121,8 +263,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Exit>().is_some() => {
+            ExitCode::from(e.downcast_ref::<Exit>().map_or(1, |x| x.0))
+        }
         Err(e) => {
             eprintln!("walhook: error: {e:#}");
             ExitCode::FAILURE

@@ -18,6 +18,7 @@ use crate::config::{Config, Ordering};
 use crate::delivery::{DeliveryError, Dispatcher, Job, Target};
 use crate::event::Change;
 use crate::progress::{Progress, TxnId};
+use crate::server::Health;
 use crate::source::connection::ConnectError;
 use crate::source::conninfo::{self, ConnInfo, ConnInfoError};
 use crate::source::session::{self, SessionOptions, Slot};
@@ -104,7 +105,11 @@ fn order_key(ordering: Ordering, change: &Change, counter: &mut u64) -> u64 {
 
 /// Runs until `stop` resolves or a permanent error happens. Transient failures of the
 /// database connection are retried with backoff, forever.
-pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    health: &Health,
+    stop: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let conninfo = ConnInfo::parse(&config.source.url)?;
     let router = Router::new(&config.triggers)?;
     let orderings: Vec<Ordering> = config.triggers.iter().map(|t| t.ordering).collect();
@@ -129,9 +134,16 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
             orderings: &orderings,
             dispatcher: &dispatcher,
             current: &current,
+            health,
             session,
         };
-        match stream_once(ctx, stop.as_mut()).await {
+        let attempt = stream_once(ctx, stop.as_mut()).await;
+        if health.is_streaming() {
+            // The session had been streaming: this is a fresh failure, retry soon.
+            backoff = Duration::from_millis(500);
+        }
+        health.set_streaming(false);
+        match attempt {
             Ok(stream) => break (Ok(()), stream),
             Err(e) if e.is_transient() => {
                 tracing::warn!("database connection lost: {e}; reconnecting in {backoff:?}");
@@ -216,6 +228,7 @@ struct Ctx<'a> {
     orderings: &'a [Ordering],
     dispatcher: &'a Dispatcher,
     current: &'a Mutex<Current>,
+    health: &'a Health,
     session: u64,
 }
 
@@ -256,6 +269,7 @@ async fn stream_once(
         s = setup => s?,
         _ = &mut stop => return Ok(None),
     };
+    ctx.health.set_streaming(true);
     if let Ok(mut cur) = ctx.current.lock() {
         *cur = Current {
             session: ctx.session,
