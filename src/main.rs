@@ -155,8 +155,8 @@ fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
 }
 
 async fn sql_client(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
-    let info = ConnInfo::parse(&config.source.url)
-        .map_err(|e| anyhow::anyhow!("source.url: {e}"))?;
+    let info =
+        ConnInfo::parse(&config.source.url).map_err(|e| anyhow::anyhow!("source.url: {e}"))?;
     Ok(conninfo::connect_sql(&info).await?)
 }
 

@@ -1,5 +1,7 @@
 //! `walhook tail` against a real Postgres: events, identity semantics, every type vs to_jsonb.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -466,10 +468,13 @@ fn every_type_matches_to_jsonb() {
     // An all-NULL row, an update and a delete go through the same conversion.
     pg.psql(&db, "INSERT INTO wide (id) VALUES (2)");
     let snapshot = || -> Vec<Value> {
-        pg.psql(&db, "SET TimeZone = 'UTC'; SELECT to_jsonb(w) FROM wide w ORDER BY id")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("to_jsonb row"))
-            .collect()
+        pg.psql(
+            &db,
+            "SET TimeZone = 'UTC'; SELECT to_jsonb(w) FROM wide w ORDER BY id",
+        )
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("to_jsonb row"))
+        .collect()
     };
     let inserted = snapshot();
     pg.psql(&db, "UPDATE wide SET c_int4 = c_int4 + 1 WHERE id = 0");
