@@ -29,6 +29,9 @@ use crate::triggers::{Router, TriggerError};
 /// How long in-flight requests may finish after SIGINT/SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How often a standby instance tries to take the slot over.
+pub const STANDBY_POLL: Duration = Duration::from_secs(2);
+
 const SESSION_SHIFT: u32 = 40;
 
 /// Why the daemon stopped (other than being asked to).
@@ -145,6 +148,15 @@ pub async fn run(
         health.set_streaming(false);
         match attempt {
             Ok(stream) => break (Ok(()), stream),
+            Err(e) if e.slot_in_use() => {
+                // One active instance per slot: wait as a hot standby, and take over soon
+                // after the active one goes away.
+                tracing::info!("{e}; waiting as a standby");
+                tokio::select! {
+                    _ = tokio::time::sleep(STANDBY_POLL) => {}
+                    _ = &mut stop => break (Ok(()), None),
+                }
+            }
             Err(e) if e.is_transient() => {
                 tracing::warn!("database connection lost: {e}; reconnecting in {backoff:?}");
                 tokio::select! {
@@ -209,6 +221,11 @@ impl AttemptError {
             AttemptError::Setup(e) => e.is_transient(),
             AttemptError::Connect(e) => e.is_transient(),
         }
+    }
+
+    /// The slot is streaming to another session (55006 object_in_use).
+    fn slot_in_use(&self) -> bool {
+        matches!(self, AttemptError::Source(SourceError::Connect(e)) if e.code() == Some("55006"))
     }
 
     fn into_run_error(self) -> RunError {
