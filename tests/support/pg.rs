@@ -67,6 +67,22 @@ pub fn pg_bin() -> PathBuf {
         .expect("no PostgreSQL found: install postgresql or set WALHOOK_TEST_PG_BIN")
 }
 
+/// A client program: from the server's bin dir, else from an installed Postgres (the npm
+/// server-only builds of other majors ship no psql; clients work across majors).
+fn client_tool(bin: &Path, name: &str) -> PathBuf {
+    let own = bin.join(name);
+    if own.exists() {
+        return own;
+    }
+    fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join(name))
+        .find(|p| p.exists())
+        .unwrap_or(own)
+}
+
 /// Runs a command as the `postgres` user when we are root.
 fn as_pg(program: &Path) -> Command {
     if is_root() {
@@ -284,7 +300,7 @@ impl Cluster {
                     return false;
                 }
             }
-            let ok = Command::new(self.bin.join("pg_isready"))
+            let ok = Command::new(client_tool(&self.bin, "pg_isready"))
                 .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
                 .status()
                 .map(|s| s.success())
@@ -353,7 +369,7 @@ impl Cluster {
 
     /// Runs SQL with psql as the superuser and returns stdout (unaligned, tuples only).
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
+        let out = Command::new(client_tool(&self.bin, "psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args([
                 "-h",
