@@ -24,6 +24,9 @@ pub const TLS_USER: &str = "walhook_tls";
 /// Has no REPLICATION attribute.
 pub const NOREPL_USER: &str = "walhook_norepl";
 
+/// Bump when the template (initdb options, pg_hba.conf, certificates) changes.
+const TEMPLATE_VERSION: &str = "-v1";
+
 /// A running cluster; stopped (immediately) and deleted on drop.
 pub struct Cluster {
     /// Data directory (inside `_dir`).
@@ -126,11 +129,14 @@ pub fn free_port() -> u16 {
 
 /// The template data directory for this bin dir: initdb once, shared by every test.
 fn template(bin: &Path) -> PathBuf {
-    let key: String = bin
+    // The key names the build and this file's version of the template, so a template made by
+    // an older harness (kept in /tmp between runs) is never reused.
+    let mut key: String = bin
         .to_string_lossy()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
+    key.push_str(TEMPLATE_VERSION);
     let root = std::env::temp_dir().join(format!("walhook-pg-template-{key}"));
     let ready = root.join("ready");
     if ready.exists() {
