@@ -85,6 +85,12 @@ enum Command {
         /// Only this table (schema.table; schema defaults to public). Repeatable.
         #[arg(long = "table", value_name = "SCHEMA.TABLE")]
         tables: Vec<String>,
+        /// Read this existing slot (without moving it) instead of a temporary one.
+        #[arg(long)]
+        slot: Option<String>,
+        /// Exit once the stream reaches this LSN (e.g. 0/16B3748).
+        #[arg(long)]
+        endpos: Option<walhook::lsn::Lsn>,
     },
 }
 
@@ -238,12 +244,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             database_url,
             publication,
             tables,
+            slot,
+            endpos,
         } => {
             let conninfo = ConnInfo::parse(&database_url)?;
             let opts = TailOptions {
                 conninfo,
                 publication,
                 tables: tables.iter().map(|t| parse_table(t)).collect(),
+                slot,
+                endpos,
             };
             tail::tail(opts, std::io::stdout().lock(), shutdown_signal()).await?;
         }

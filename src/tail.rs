@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use crate::event::Event;
+use crate::lsn::Lsn;
 use crate::source::conninfo::ConnInfo;
 use crate::source::session::{self, SessionOptions, Slot};
 use crate::source::stream::{SourceError, SourceEvent};
@@ -16,6 +17,10 @@ pub struct TailOptions {
     pub publication: String,
     /// Only these tables (schema, table); all of the publication's when empty.
     pub tables: Vec<(String, String)>,
+    /// Read this existing slot instead of a temporary one, without moving it.
+    pub slot: Option<String>,
+    /// Stop after the transaction that ends at or past this position.
+    pub endpos: Option<Lsn>,
 }
 
 /// Why tailing stopped.
@@ -29,19 +34,27 @@ pub enum TailError {
     Stdout(#[from] std::io::Error),
 }
 
-/// Streams until `stop` resolves, writing one event per line to `out`, flushed per line.
+/// Streams until `stop` resolves (or `endpos` is reached), writing one event per line to
+/// `out`, flushed per line.
 ///
 /// The temporary slot is dropped by the server when the connection closes, so nothing is
-/// left behind; positions are confirmed as lines are written so WAL is not retained.
+/// left behind; its positions are confirmed as lines are written so WAL is not retained.
+/// An existing slot (`--slot`) is only read: its confirmed position does not move.
 pub async fn tail(
     opts: TailOptions,
     mut out: impl Write,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), TailError> {
-    let slot = format!("walhook_tail_{}", std::process::id());
+    let (slot, confirm) = match opts.slot {
+        Some(name) => (Slot::Existing(name), false),
+        None => (
+            Slot::Temporary(format!("walhook_tail_{}", std::process::id())),
+            true,
+        ),
+    };
     let mut stream = session::open(&SessionOptions {
         conninfo: opts.conninfo,
-        slot: Slot::Temporary(slot),
+        slot,
         publication: opts.publication,
     })
     .await?;
@@ -66,8 +79,22 @@ pub async fn tail(
                     }
                 }
             }
-            Ok(SourceEvent::Commit(c)) => stream.confirm(c.end_lsn),
-            Ok(SourceEvent::Idle { wal_end }) => stream.confirm(wal_end),
+            Ok(SourceEvent::Commit(c)) => {
+                if confirm {
+                    stream.confirm(c.end_lsn);
+                }
+                if opts.endpos.is_some_and(|end| c.end_lsn >= end) {
+                    break Ok(());
+                }
+            }
+            Ok(SourceEvent::Idle { wal_end }) => {
+                if confirm {
+                    stream.confirm(wal_end);
+                }
+                if opts.endpos.is_some_and(|end| wal_end >= end) {
+                    break Ok(());
+                }
+            }
             Ok(SourceEvent::Begin { .. }) => {}
             Err(e) => break Err(e.into()),
         }

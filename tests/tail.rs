@@ -199,13 +199,7 @@ fn tail_prints_creates_updates_deletes_and_leaves_nothing_behind() {
 
 /// Runs tail expecting it to fail at start-up; returns its stderr.
 fn tail_error(url: &str, publication: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(["tail", "--database-url", url, "--publication", publication])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run walhook tail");
-    assert!(!out.status.success(), "tail should fail");
-    String::from_utf8_lossy(&out.stderr).trim().to_string()
+    tail_error_with(url, &["--publication", publication])
 }
 
 #[test]
@@ -538,4 +532,67 @@ fn numbers_as_text(v: &Value) -> Value {
         Value::Number(n) => Value::String(format!("#{}", canonical_number(&n.to_string()))),
         other => other.clone(),
     }
+}
+
+#[test]
+fn tail_reads_an_existing_slot_up_to_endpos_without_moving_it() {
+    let pg = Cluster::start();
+    let db = pg.create_db("app");
+    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t");
+    pg.psql(&db, "SELECT pg_create_logical_replication_slot('backlog', 'pgoutput')");
+    let before = pg.psql(
+        &db,
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'backlog'",
+    );
+    pg.psql(&db, "INSERT INTO t SELECT generate_series(1, 500)");
+    let end = pg.psql(&db, "SELECT pg_current_wal_lsn()");
+    pg.psql(&db, "INSERT INTO t VALUES (1000)");
+    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .args([
+            "tail",
+            "--database-url",
+            &pg.url(&db),
+            "--publication",
+            "pub",
+        ])
+        .args(["--slot", "backlog", "--endpos", &end])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run walhook tail");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("event")["record"]["id"]
+                .as_i64()
+                .unwrap_or(-1)
+        })
+        .collect();
+    // Exactly the backlog up to endpos, in order; the later insert is past it.
+    assert_eq!(ids, (1..=500).collect::<Vec<_>>());
+    let after = pg.psql(
+        &db,
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'backlog'",
+    );
+    assert_eq!(before, after, "tail --slot must not move the slot");
+    let err = tail_error_with(&pg.url(&db), &["--publication", "pub", "--slot", "nope"]);
+    assert!(
+        err.contains("replication slot \"nope\" does not exist"),
+        "{err}"
+    );
+}
+
+fn tail_error_with(url: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .args(["tail", "--database-url", url])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run walhook tail");
+    assert!(!out.status.success(), "tail should fail");
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
 }

@@ -15,13 +15,15 @@ pub enum Slot {
     Temporary(String),
     /// A permanent slot, created if missing; streaming resumes at its confirmed position.
     Permanent(String),
+    /// A slot that must already exist (not created); streaming starts at its confirmed position.
+    Existing(String),
 }
 
 impl Slot {
     /// The slot's name.
     pub fn name(&self) -> &str {
         match self {
-            Slot::Temporary(n) | Slot::Permanent(n) => n,
+            Slot::Temporary(n) | Slot::Permanent(n) | Slot::Existing(n) => n,
         }
     }
 }
@@ -73,6 +75,12 @@ pub async fn open(opts: &SessionOptions) -> Result<ReplicationStream, SourceErro
                 .unwrap_or_default()
         }
         Slot::Permanent(name) => setup::ensure_slot(&client, name).await?.confirmed_flush,
+        Slot::Existing(name) => {
+            setup::slot_state(&client, name)
+                .await?
+                .ok_or_else(|| setup::SetupError::NoSlot(name.clone()))?
+                .confirmed_flush
+        }
     };
     let (reader, writer) = repl
         .start_replication(&format!(

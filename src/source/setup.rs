@@ -24,6 +24,9 @@ pub enum SetupError {
     /// The publication does not exist.
     #[error("publication {0:?} does not exist in this database")]
     NoPublication(String),
+    /// The replication slot does not exist.
+    #[error("replication slot {0:?} does not exist in this database")]
+    NoSlot(String),
     /// A table a trigger names does not exist.
     #[error("table {0} does not exist")]
     NoTable(String),
