@@ -293,9 +293,16 @@ async fn status_writer(
 ) -> Result<ReplicationWriter, ConnectError> {
     let mut last_sent = 0u64;
     let mut stopping = false;
+    let confirmed_gauge = metrics::gauge!("walhook_confirmed_lsn");
+    let received_gauge = metrics::gauge!("walhook_received_lsn");
+    let lag_gauge = metrics::gauge!("walhook_unconfirmed_bytes");
     loop {
         let confirmed = status.confirmed.load(Ordering::Acquire);
         let received = status.received.load(Ordering::Acquire).max(confirmed);
+        // As f64, exact up to 2^53 bytes of WAL (8 PiB).
+        confirmed_gauge.set(confirmed as f64);
+        received_gauge.set(received as f64);
+        lag_gauge.set((received - confirmed) as f64);
         let msg = protocol::standby_status_update(
             Lsn(received),
             Lsn(confirmed),
