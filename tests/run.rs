@@ -1,0 +1,489 @@
+//! `walhook run` end to end: a real Postgres, a real HTTP receiver, the real binary as a
+//! subprocess (killed, stopped, restarted), and the slot's confirmed position read over SQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use support::pg::Cluster;
+use support::receiver::{Receiver, Request};
+use walhook::lsn::Lsn;
+
+const BIN: &str = env!("CARGO_BIN_EXE_walhook");
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SLOT: &str = "walhook";
+
+/// Short timeouts and retries, for `[defaults]`.
+const FAST: &str = "timeout = \"5s\"\nretry = { initial = \"50ms\", max = \"500ms\" }";
+
+// ---------------------------------------------------------------- the daemon
+
+/// A running `walhook run`; killed on drop (its log is printed when a test fails).
+struct Walhook {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Walhook {
+    fn start(config: &Path) -> Walhook {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("WALHOOK_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn walhook run");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Walhook { child, log }
+    }
+
+    /// Starts walhook and waits until it streams from the slot.
+    fn streaming(config: &Path) -> Walhook {
+        let w = Walhook::start(config);
+        w.wait_log("streaming slot=", 1, Duration::from_secs(30));
+        w
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until `needle` has appeared in `count` log lines.
+    fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count();
+            if n >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "walhook did not log {needle:?} ×{count} within {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// SIGKILL, and reap.
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Waits for the process to exit on its own.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the stderr thread catch up.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "walhook did not exit within {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Walhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("---- walhook log (last lines) ----");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Runs a walhook subcommand to completion: (status, stdout, stderr).
+fn walhook(args: &[&str]) -> (ExitStatus, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("WALHOOK_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walhook");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("walhook {args:?} did not finish within 30s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes walhook.toml into `dir`.
+fn write_config(dir: &Path, url: &str, defaults: &str, triggers: &str) -> PathBuf {
+    let path = dir.join("walhook.toml");
+    let text = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{SLOT}\"\npublication = \"walhook\"\n\n\
+         [server]\nlisten = \"\"\n\n[defaults]\n{defaults}\n\n{triggers}\n"
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("walhook-run-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+// ---------------------------------------------------------------- the slot
+
+fn lsn(text: &str) -> Lsn {
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("bad LSN {text:?}: {e}"))
+}
+
+/// The slot's confirmed_flush_lsn (None while the slot does not exist).
+fn slot_confirmed(pg: &Cluster, db: &str) -> Option<Lsn> {
+    let out = pg.psql(
+        db,
+        &format!(
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{SLOT}'"
+        ),
+    );
+    (!out.trim().is_empty()).then(|| lsn(&out))
+}
+
+fn current_lsn(pg: &Cluster, db: &str) -> Lsn {
+    lsn(&pg.psql(db, "SELECT pg_current_wal_lsn()"))
+}
+
+/// Waits until the slot's confirmed position reaches `target`; returns it.
+fn wait_confirmed(pg: &Cluster, db: &str, target: Lsn, timeout: Duration) -> Lsn {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let c = slot_confirmed(pg, db);
+        if let Some(c) = c.filter(|c| *c >= target) {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slot confirmed {c:?} did not reach {target} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------- events
+
+fn bodies(reqs: &[Request]) -> Vec<Value> {
+    reqs.iter().map(Request::json).collect()
+}
+
+fn commit_lsn(event: &Value) -> Lsn {
+    lsn(event["commit_lsn"].as_str().expect("commit_lsn"))
+}
+
+/// Same id ⇒ same bytes: a redelivery must be indistinguishable from the first attempt.
+fn assert_stable_ids(reqs: &[Request]) -> usize {
+    let mut first: HashMap<String, &[u8]> = HashMap::new();
+    let mut redelivered = 0;
+    for r in reqs {
+        let id = r.json()["id"].as_str().expect("id").to_owned();
+        assert_eq!(r.header("webhook-id"), id, "webhook-id header vs body id");
+        match first.get(&id) {
+            Some(body) => {
+                redelivered += 1;
+                assert_eq!(
+                    *body,
+                    &r.body[..],
+                    "event {id} was redelivered with a different body"
+                );
+            }
+            None => {
+                first.insert(id, &r.body[..]);
+            }
+        }
+    }
+    redelivered
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+// ================================================================ 1. end to end
+
+#[test]
+fn events_headers_and_signatures_end_to_end() {
+    let pg = Cluster::start();
+    let db = pg.create_db("app");
+    pg.psql(
+        &db,
+        "CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, amount int NOT NULL, note text);
+         ALTER TABLE orders REPLICA IDENTITY FULL;
+         CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
+         ALTER TABLE customers REPLICA IDENTITY FULL;",
+    );
+    let rx = Receiver::start();
+    let dir = tempdir();
+    let triggers = format!(
+        r#"
+[[trigger]]
+name = "order-created"
+table = "orders"
+events = ["create"]
+url = "{created}"
+
+[[trigger]]
+name = "order-paid"
+table = "public.orders"
+url = "{paid}"
+when = "record.status == 'paid' && old_record.status != 'paid'"
+
+[[trigger]]
+name = "customer-email"
+table = "customers"
+events = ["update"]
+changed = ["email"]
+columns = ["id", "email"]
+method = "PUT"
+url = "{email}"
+
+[[trigger]]
+name = "customer-signed"
+table = "customers"
+url = "{signed}"
+secret = "{SECRET}"
+headers = {{ Authorization = "Bearer t0ken", X-Tenant = "acme" }}
+"#,
+        created = rx.url("/created"),
+        paid = rx.url("/paid"),
+        email = rx.url("/email"),
+        signed = rx.url("/signed"),
+    );
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let _walhook = Walhook::streaming(&config);
+
+    let started = unix_now();
+    for sql in [
+        "INSERT INTO orders VALUES (1, 'new', 10, NULL), (2, 'paid', 20, 'x')",
+        "UPDATE orders SET status = 'paid' WHERE id = 1",
+        "UPDATE orders SET amount = 30 WHERE id = 2",
+        "DELETE FROM orders WHERE id = 2",
+        "INSERT INTO customers VALUES (1, 'Ann', 'ann@example.com')",
+        "UPDATE customers SET name = 'Anna' WHERE id = 1",
+        "UPDATE customers SET email = 'anna@example.com' WHERE id = 1",
+        "DELETE FROM customers WHERE id = 1",
+    ] {
+        pg.psql(&db, sql);
+    }
+    let end = current_lsn(&pg, &db);
+    let expected = [("/created", 2), ("/paid", 1), ("/email", 1), ("/signed", 4)];
+    rx.wait_until(Duration::from_secs(30), "all expected events", |reqs| {
+        expected
+            .iter()
+            .all(|(path, n)| reqs.iter().filter(|r| r.path == *path).count() >= *n)
+    });
+    // Confirmed past the last commit ⇒ every event walhook made was delivered (and logged).
+    wait_confirmed(&pg, &db, end, Duration::from_secs(30));
+    let reqs = rx.requests();
+    let by_path = |p: &str| -> Vec<Request> {
+        reqs.iter().filter(|r| r.path == p).cloned().collect()
+    };
+    for (path, n) in expected {
+        assert_eq!(
+            by_path(path).len(),
+            n,
+            "{path}: {:#?}",
+            bodies(&by_path(path))
+        );
+    }
+    assert_eq!(reqs.len(), 8, "no other requests");
+
+    // Headers on every request.
+    let mut ids = HashSet::new();
+    for r in &reqs {
+        assert!(r.ok());
+        let body = r.json();
+        assert_eq!(r.header("content-type"), "application/json");
+        assert!(
+            r.header("user-agent").starts_with("walhook/"),
+            "user-agent {:?}",
+            r.header("user-agent")
+        );
+        assert_eq!(r.header("webhook-id"), body["id"].as_str().unwrap());
+        assert!(!r.header("webhook-id").contains('.'));
+        let ts: i64 = r.header("webhook-timestamp").parse().expect("timestamp");
+        assert!(
+            (started - 5..=unix_now() + 5).contains(&ts),
+            "webhook-timestamp {ts}"
+        );
+        assert!(ids.insert(r.header("webhook-id").to_owned()), "ids unique");
+        assert_eq!(body["schema"], "public");
+        assert!(body["xid"].as_u64().is_some());
+        assert!(body["committed_at"].as_str().unwrap().ends_with('Z'));
+        commit_lsn(&body);
+        let signed = r.path == "/signed";
+        assert_eq!(r.method, if r.path == "/email" { "PUT" } else { "POST" });
+        if signed {
+            assert!(
+                walhook::delivery::verify(
+                    SECRET,
+                    r.header("webhook-id"),
+                    r.header("webhook-timestamp"),
+                    &r.body,
+                    r.header("webhook-signature"),
+                ),
+                "bad signature on {body}"
+            );
+            assert!(!walhook::delivery::verify(
+                "whsec_AAAAAAAAAAAAAAAAAAAAAAAA",
+                r.header("webhook-id"),
+                r.header("webhook-timestamp"),
+                &r.body,
+                r.header("webhook-signature"),
+            ));
+            assert_eq!(r.header("authorization"), "Bearer t0ken");
+            assert_eq!(r.header("x-tenant"), "acme");
+        } else {
+            assert!(!r.headers.contains_key("webhook-signature"), "{}", r.path);
+            assert!(!r.headers.contains_key("x-tenant"));
+        }
+    }
+
+    // order-created: both inserts, nothing else.
+    let created = bodies(&by_path("/created"));
+    let mut created_ids: Vec<i64> = created
+        .iter()
+        .map(|e| e["record"]["id"].as_i64().unwrap())
+        .collect();
+    created_ids.sort();
+    assert_eq!(created_ids, [1, 2]);
+    for e in &created {
+        assert_eq!(e["type"], "create");
+        assert_eq!(e["trigger"], "order-created");
+        assert_eq!(e["table"], "orders");
+        assert!(e["old_record"].is_null());
+        assert!(e.get("changed").is_none());
+    }
+    let two = created.iter().find(|e| e["record"]["id"] == 2).unwrap();
+    assert_eq!(
+        two["record"],
+        json!({"id": 2, "status": "paid", "amount": 20, "note": "x"})
+    );
+
+    // order-paid: only the update that made order 1 paid (not the insert of a paid order,
+    // not the amount change of an already paid one, not the delete).
+    let paid = &bodies(&by_path("/paid"))[0];
+    assert_eq!(paid["type"], "update");
+    assert_eq!(paid["trigger"], "order-paid");
+    assert_eq!(
+        paid["record"],
+        json!({"id": 1, "status": "paid", "amount": 10, "note": null})
+    );
+    assert_eq!(
+        paid["old_record"],
+        json!({"id": 1, "status": "new", "amount": 10, "note": null})
+    );
+    assert_eq!(paid["changed"], json!(["status"]));
+
+    // customer-email: only the update that changed email, projected to (id, email).
+    let email = &bodies(&by_path("/email"))[0];
+    assert_eq!(email["type"], "update");
+    assert_eq!(email["trigger"], "customer-email");
+    assert_eq!(email["table"], "customers");
+    assert_eq!(
+        email["record"],
+        json!({"id": 1, "email": "anna@example.com"})
+    );
+    let keys: Vec<&String> = email["record"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["id", "email"], "projection keeps the listed order");
+    assert_eq!(
+        email["old_record"],
+        json!({"id": 1, "email": "ann@example.com"})
+    );
+    assert_eq!(email["changed"], json!(["email"]));
+
+    // customer-signed: every change of the row, in commit order.
+    let signed = bodies(&by_path("/signed"));
+    let types: Vec<&str> = signed.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["create", "update", "update", "delete"]);
+    assert!(signed.iter().all(|e| e["trigger"] == "customer-signed"));
+    assert_eq!(
+        signed[0]["record"],
+        json!({"id": 1, "name": "Ann", "email": "ann@example.com"})
+    );
+    assert!(signed[0]["old_record"].is_null());
+    assert_eq!(signed[1]["changed"], json!(["name"]));
+    assert_eq!(
+        signed[1]["old_record"],
+        json!({"id": 1, "name": "Ann", "email": "ann@example.com"})
+    );
+    assert_eq!(signed[2]["changed"], json!(["email"]));
+    assert!(signed[3]["record"].is_null());
+    assert_eq!(
+        signed[3]["old_record"],
+        json!({"id": 1, "name": "Anna", "email": "anna@example.com"})
+    );
+    let lsns: Vec<Lsn> = signed.iter().map(commit_lsn).collect();
+    assert!(lsns.windows(2).all(|w| w[0] < w[1]), "{lsns:?}");
+}
