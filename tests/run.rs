@@ -487,3 +487,182 @@ headers = {{ Authorization = "Bearer t0ken", X-Tenant = "acme" }}
     let lsns: Vec<Lsn> = signed.iter().map(commit_lsn).collect();
     assert!(lsns.windows(2).all(|w| w[0] < w[1]), "{lsns:?}");
 }
+
+// ================================================================ 2. crash safety
+
+/// The workload: big and small transactions of inserts and updates, all autocommitted
+/// statements (one transaction each). Every row starts at v = 0 and each update adds 1.
+fn crash_workload() -> String {
+    let mut sql = String::new();
+    let mut next = 1;
+    let mut big_insert = |sql: &mut String, n: i32, next: &mut i32| {
+        sql.push_str(&format!(
+            "INSERT INTO items SELECT g, 0, repeat('x', g % 50) FROM generate_series({}, {}) g;\n",
+            *next,
+            *next + n - 1
+        ));
+        *next += n;
+    };
+    let small_inserts = |sql: &mut String, txns: i32, rows: i32, next: &mut i32| {
+        for _ in 0..txns {
+            sql.push_str(&format!(
+                "INSERT INTO items SELECT g, 0, 'small' FROM generate_series({}, {}) g;\n",
+                *next,
+                *next + rows - 1
+            ));
+            *next += rows;
+        }
+    };
+    let small_updates = |sql: &mut String, txns: i32, upto: i32| {
+        for k in 0..txns {
+            sql.push_str(&format!(
+                "UPDATE items SET v = v + 1 WHERE id % {txns} = {k} AND id < {upto};\n"
+            ));
+        }
+    };
+    big_insert(&mut sql, 5000, &mut next);
+    small_inserts(&mut sql, 100, 10, &mut next);
+    small_updates(&mut sql, 20, next);
+    big_insert(&mut sql, 5000, &mut next);
+    sql.push_str("UPDATE items SET v = v + 1 WHERE id <= 3000;\n");
+    small_inserts(&mut sql, 100, 10, &mut next);
+    small_updates(&mut sql, 25, next);
+    big_insert(&mut sql, 4000, &mut next);
+    sql
+}
+
+fn spawn_psql_file(pg: &Cluster, db: &str, file: &Path) -> Child {
+    Command::new(pg.bin.join("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres"])
+        .args(["-d", db, "-f"])
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn psql")
+}
+
+fn wait_child(child: &mut Child, what: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            assert!(status.success(), "{what} failed: {err}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigkill_loses_nothing_and_redelivers_with_the_same_ids() {
+    let t0 = Instant::now();
+    let pg = Cluster::start();
+    let db = pg.create_db("app");
+    pg.psql(
+        &db,
+        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, pad text)",
+    );
+    let rx = Receiver::start();
+    let dir = tempdir();
+    let triggers = format!(
+        "[[trigger]]\nname = \"items\"\ntable = \"items\"\nurl = \"{}\"\nconcurrency = 32\n",
+        rx.url("/items")
+    );
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let mut walhook = Walhook::streaming(&config);
+
+    let script = dir.path().join("workload.sql");
+    std::fs::write(&script, crash_workload()).unwrap();
+    let mut psql = spawn_psql_file(&pg, &db, &script);
+
+    // Kill at random-ish points: after a random number of further deliveries, and once
+    // shortly after a restart (before or while it connects).
+    let mut kills = 0;
+    let mut early_kill_done = false;
+    for _ in 0..4 {
+        let target = rx.arrived() + 2000 + fastrand::usize(0..3000);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rx.arrived() < target && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        walhook.kill9();
+        kills += 1;
+        walhook = Walhook::start(&config);
+        if !early_kill_done {
+            early_kill_done = true;
+            std::thread::sleep(Duration::from_millis(fastrand::u64(0..400)));
+            walhook.kill9();
+            kills += 1;
+            walhook = Walhook::start(&config);
+        }
+    }
+    wait_child(&mut psql, "the workload", Duration::from_secs(60));
+    let end = current_lsn(&pg, &db);
+    let written = Instant::now();
+
+    // Expected: every row's insert (v = 0) and one update per value it went through.
+    let mut expected: HashSet<(i64, String, i64)> = HashSet::new();
+    for line in pg.psql(&db, "SELECT id, v FROM items").lines() {
+        let (id, v) = line.split_once('|').unwrap();
+        let (id, v): (i64, i64) = (id.parse().unwrap(), v.parse().unwrap());
+        expected.insert((id, "create".into(), 0));
+        for k in 1..=v {
+            expected.insert((id, "update".into(), k));
+        }
+    }
+    assert!(expected.len() > 20_000, "{} changes", expected.len());
+    let seen_of = |reqs: &[Request]| -> HashSet<(i64, String, i64)> {
+        reqs.iter()
+            .filter(|r| r.ok())
+            .map(|r| {
+                let e = r.json();
+                (
+                    e["record"]["id"].as_i64().unwrap(),
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["record"]["v"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = seen_of(&rx.requests());
+        let missing = expected.difference(&seen).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} committed changes were never delivered",
+            expected.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let confirmed = wait_confirmed(&pg, &db, end, Duration::from_secs(30));
+    assert!(walhook.is_running());
+    let reqs = rx.requests();
+    let seen = seen_of(&reqs);
+    let extra: Vec<_> = seen.difference(&expected).take(5).collect();
+    assert!(extra.is_empty(), "events for changes never made: {extra:?}");
+    let redelivered = assert_stable_ids(&reqs);
+    eprintln!(
+        "crash test: {} changes, {} requests ({redelivered} redeliveries), {kills} kills, \
+         workload done at {:?}, caught up {:?} later, confirmed {confirmed} ≥ {end}, total {:?}",
+        expected.len(),
+        reqs.len(),
+        written - t0,
+        written.elapsed(),
+        t0.elapsed()
+    );
+    assert!(redelivered > 0, "kill -9 mid-stream should cause redeliveries");
+}
