@@ -666,3 +666,231 @@ fn sigkill_loses_nothing_and_redelivers_with_the_same_ids() {
     );
     assert!(redelivered > 0, "kill -9 mid-stream should cause redeliveries");
 }
+
+// ================================================================ 3. target outage
+
+/// Ids of the rows in accepted requests.
+fn delivered_rows(reqs: &[Request]) -> HashSet<i64> {
+    reqs.iter()
+        .filter(|r| r.ok())
+        .filter_map(|r| r.json()["record"]["id"].as_i64())
+        .collect()
+}
+
+#[test]
+fn an_outage_holds_the_slot_back_and_loses_nothing() {
+    let pg = Cluster::start();
+    let db = pg.create_db("app");
+    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let rx = Receiver::start();
+    let dir = tempdir();
+    let triggers = format!(
+        "[[trigger]]\nname = \"t\"\ntable = \"t\"\nurl = \"{}\"\nconcurrency = 4\n",
+        rx.url("/t")
+    );
+    // retry.max above Retry-After, so the server's 1 s is honoured rather than capped.
+    let defaults = "timeout = \"5s\"\nretry = { initial = \"50ms\", max = \"2s\" }";
+    let config = write_config(dir.path(), &pg.url(&db), defaults, &triggers);
+    let _walhook = Walhook::streaming(&config);
+
+    // A delivered baseline, so the slot has a known confirmed position.
+    pg.psql(&db, "INSERT INTO t VALUES (0, 'before')");
+    rx.wait_until(Duration::from_secs(20), "the baseline event", |r| {
+        delivered_rows(r).contains(&0)
+    });
+    wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(20));
+
+    rx.set_status(503);
+    let before = current_lsn(&pg, &db);
+    for i in 1..=10 {
+        pg.psql(&db, &format!("INSERT INTO t VALUES ({i}, 'during')"));
+    }
+    let after_writes = current_lsn(&pg, &db);
+    let mut during = Vec::new();
+    let mut watch = |until: Instant, during: &mut Vec<Lsn>| {
+        while Instant::now() < until {
+            during.push(slot_confirmed(&pg, &db).unwrap());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    watch(Instant::now() + Duration::from_secs(2), &mut during);
+    let n503 = rx.requests().iter().filter(|r| r.status == 503).count();
+    assert!(n503 >= 10, "only {n503} attempts during the 503 phase");
+
+    rx.set_retry_after(429, "1");
+    let phase429 = Instant::now();
+    watch(Instant::now() + Duration::from_secs(3), &mut during);
+    let n429 = rx.requests().iter().filter(|r| r.status == 429).count();
+    assert!(n429 >= 4, "only {n429} attempts during the 429 phase");
+    assert!(delivered_rows(&rx.requests()).len() == 1, "nothing delivered yet");
+
+    rx.set_status(200);
+    let reqs = rx.wait_until(Duration::from_secs(20), "every row after the outage", |r| {
+        delivered_rows(r).len() == 11
+    });
+    wait_confirmed(&pg, &db, after_writes, Duration::from_secs(20));
+
+    // During the outage the slot never passed the first undelivered commit.
+    let first_commit = reqs
+        .iter()
+        .filter(|r| r.json()["record"]["id"].as_i64() != Some(0))
+        .map(|r| commit_lsn(&r.json()))
+        .min()
+        .unwrap();
+    assert!(before < first_commit);
+    let max_during = *during.iter().max().unwrap();
+    assert!(
+        max_during < first_commit,
+        "slot confirmed {max_during} during the outage, past the commit {first_commit} of an undelivered transaction"
+    );
+    assert!(max_during <= before, "confirmed {max_during} > {before}");
+
+    // Retry-After: 1 was honoured: after each 429, that event waited about a second.
+    let mut last_429: HashMap<&str, Instant> = HashMap::new();
+    let mut checked = 0;
+    for r in &reqs {
+        let id = r.header("webhook-id");
+        if let Some(t) = last_429.get(id) {
+            let gap = r.arrived.duration_since(*t);
+            assert!(
+                gap >= Duration::from_millis(900),
+                "retried {gap:?} after a 429 with Retry-After: 1"
+            );
+            checked += 1;
+        }
+        if r.status == 429 {
+            last_429.insert(id, r.answered);
+        } else {
+            last_429.remove(id);
+        }
+    }
+    assert!(checked >= 4, "only {checked} retries after a 429");
+    assert!(reqs.iter().all(|r| r.status != 429 || r.arrived >= phase429));
+    assert_stable_ids(&reqs);
+}
+
+// ================================================================ 4. ordering
+
+#[test]
+fn row_ordering_keeps_commit_order_under_concurrent_updates() {
+    let pg = Cluster::start();
+    let db = pg.create_db("app");
+    pg.psql(
+        &db,
+        "CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL);
+         INSERT INTO counters SELECT g, 0 FROM generate_series(1, 20) g;",
+    );
+    let rx = Receiver::start();
+    // Random answer times, so lanes overtake each other all the time.
+    rx.set_delay(Duration::from_millis(6), true);
+    let dir = tempdir();
+    let triggers = format!(
+        "[[trigger]]\nname = \"counters\"\ntable = \"counters\"\nevents = [\"update\"]\n\
+         url = \"{}\"\nconcurrency = 16\nordering = \"row\"\n",
+        rx.url("/c")
+    );
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let _walhook = Walhook::streaming(&config);
+
+    // 4 sessions × 250 single-row updates: every row gets exactly 50, from every session.
+    let mut sessions = Vec::new();
+    for s in 0..4 {
+        let script = dir.path().join(format!("session{s}.sql"));
+        let sql: String = (0..250)
+            .map(|j| {
+                format!(
+                    "UPDATE counters SET n = n + 1 WHERE id = {};\n",
+                    (j + 5 * s) % 20 + 1
+                )
+            })
+            .collect();
+        std::fs::write(&script, sql).unwrap();
+        sessions.push(spawn_psql_file(&pg, &db, &script));
+    }
+    for (s, child) in sessions.iter_mut().enumerate() {
+        wait_child(child, &format!("session {s}"), Duration::from_secs(60));
+    }
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM counters WHERE n = 50"),
+        "20"
+    );
+    let reqs = rx.wait_until(Duration::from_secs(60), "1000 updates", |r| {
+        r.iter().filter(|r| r.ok()).count() >= 1000
+    });
+    let mut per_row: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for r in reqs.iter().filter(|r| r.ok()) {
+        let e = r.json();
+        per_row
+            .entry(e["record"]["id"].as_i64().unwrap())
+            .or_default()
+            .push(e["record"]["n"].as_i64().unwrap());
+    }
+    assert_eq!(per_row.len(), 20);
+    for (id, ns) in &per_row {
+        assert_eq!(
+            ns,
+            &(1..=50).collect::<Vec<i64>>(),
+            "row {id}: values arrived out of commit order"
+        );
+    }
+}
+
+// ================================================================ 5. idle
+
+#[test]
+fn idle_and_unmatched_traffic_still_advance_the_slot() {
+    let pg = Cluster::start_with(&["wal_sender_timeout = 4s"]);
+    let db = pg.create_db("app");
+    pg.psql(
+        &db,
+        "CREATE TABLE watched (id int PRIMARY KEY);
+         CREATE TABLE other (id int PRIMARY KEY, pad text);",
+    );
+    let rx = Receiver::start();
+    let dir = tempdir();
+    let triggers = format!(
+        "[[trigger]]\nname = \"watched\"\ntable = \"watched\"\nurl = \"{}\"\n",
+        rx.url("/w")
+    );
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let _walhook = Walhook::streaming(&config);
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT string_agg(tablename, ',') FROM pg_publication_tables WHERE pubname = 'walhook'"
+        ),
+        "watched",
+        "the publication covers only the trigger tables"
+    );
+    let start = slot_confirmed(&pg, &db).unwrap();
+
+    // Unmatched traffic: many transactions on a table no trigger names.
+    for i in 0..20 {
+        pg.psql(
+            &db,
+            &format!(
+                "INSERT INTO other SELECT g, repeat('x', 100) FROM generate_series({}, {}) g",
+                i * 500,
+                i * 500 + 499
+            ),
+        );
+    }
+    let target = current_lsn(&pg, &db);
+    assert!(target > start);
+    let t = Instant::now();
+    let c1 = wait_confirmed(&pg, &db, target, Duration::from_secs(15));
+    let unmatched_wait = t.elapsed();
+
+    // Idle, apart from WAL nobody routes: a logical message and a segment switch.
+    pg.psql(&db, "SELECT pg_logical_emit_message(false, 'x', 'y')");
+    pg.psql(&db, "SELECT pg_switch_wal()");
+    pg.psql(&db, "SELECT pg_logical_emit_message(true, 'x', 'y')");
+    let target2 = current_lsn(&pg, &db);
+    let t = Instant::now();
+    let c2 = wait_confirmed(&pg, &db, target2, Duration::from_secs(15));
+    eprintln!(
+        "idle: confirmed {start} → {c1} (≥ {target}) in {unmatched_wait:?}, → {c2} (≥ {target2}) in {:?}",
+        t.elapsed()
+    );
+    assert!(rx.requests().is_empty(), "no trigger matched anything");
+}
