@@ -202,9 +202,7 @@ fn lsn(text: &str) -> Lsn {
 fn slot_confirmed(pg: &Cluster, db: &str) -> Option<Lsn> {
     let out = pg.psql(
         db,
-        &format!(
-            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{SLOT}'"
-        ),
+        &format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{SLOT}'"),
     );
     (!out.trim().is_empty()).then(|| lsn(&out))
 }
@@ -346,9 +344,8 @@ headers = {{ Authorization = "Bearer t0ken", X-Tenant = "acme" }}
     // Confirmed past the last commit ⇒ every event walhook made was delivered (and logged).
     wait_confirmed(&pg, &db, end, Duration::from_secs(30));
     let reqs = rx.requests();
-    let by_path = |p: &str| -> Vec<Request> {
-        reqs.iter().filter(|r| r.path == p).cloned().collect()
-    };
+    let by_path =
+        |p: &str| -> Vec<Request> { reqs.iter().filter(|r| r.path == p).cloned().collect() };
     for (path, n) in expected {
         assert_eq!(
             by_path(path).len(),
@@ -534,7 +531,14 @@ fn crash_workload() -> String {
 fn spawn_psql_file(pg: &Cluster, db: &str, file: &Path) -> Child {
     Command::new(pg.bin.join("psql"))
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+        ])
         .args(["-d", db, "-f"])
         .arg(file)
         .stdin(Stdio::null())
@@ -664,7 +668,10 @@ fn sigkill_loses_nothing_and_redelivers_with_the_same_ids() {
         written.elapsed(),
         t0.elapsed()
     );
-    assert!(redelivered > 0, "kill -9 mid-stream should cause redeliveries");
+    assert!(
+        redelivered > 0,
+        "kill -9 mid-stream should cause redeliveries"
+    );
 }
 
 // ================================================================ 3. target outage
@@ -722,7 +729,10 @@ fn an_outage_holds_the_slot_back_and_loses_nothing() {
     watch(Instant::now() + Duration::from_secs(3), &mut during);
     let n429 = rx.requests().iter().filter(|r| r.status == 429).count();
     assert!(n429 >= 4, "only {n429} attempts during the 429 phase");
-    assert!(delivered_rows(&rx.requests()).len() == 1, "nothing delivered yet");
+    assert!(
+        delivered_rows(&rx.requests()).len() == 1,
+        "nothing delivered yet"
+    );
 
     rx.set_status(200);
     let reqs = rx.wait_until(Duration::from_secs(20), "every row after the outage", |r| {
@@ -765,7 +775,10 @@ fn an_outage_holds_the_slot_back_and_loses_nothing() {
         }
     }
     assert!(checked >= 4, "only {checked} retries after a 429");
-    assert!(reqs.iter().all(|r| r.status != 429 || r.arrived >= phase429));
+    assert!(
+        reqs.iter()
+            .all(|r| r.status != 429 || r.arrived >= phase429)
+    );
     assert_stable_ids(&reqs);
 }
 
@@ -893,4 +906,363 @@ fn idle_and_unmatched_traffic_still_advance_the_slot() {
         t.elapsed()
     );
     assert!(rx.requests().is_empty(), "no trigger matched anything");
+}
+
+// ================================================================ 6. bad config
+
+const BASE_CONFIG: [&str; 13] = [
+    "[source]",
+    "url = \"postgres://postgres@127.0.0.1:1/app\"",
+    "",
+    "[server]",
+    "listen = \"\"",
+    "",
+    "[defaults]",
+    "timeout = \"5s\"",
+    "",
+    "[[trigger]]",
+    "name = \"orders\"",
+    "table = \"orders\"",
+    "url = \"http://127.0.0.1:9/hook\"",
+];
+
+/// The base config with lines replaced (1-based) and lines appended.
+fn config_text(replace: &[(usize, &str)], append: &[&str]) -> String {
+    let mut lines: Vec<&str> = BASE_CONFIG.to_vec();
+    for (n, line) in replace {
+        lines[n - 1] = line;
+    }
+    lines.extend_from_slice(append);
+    lines.join("\n") + "\n"
+}
+
+#[test]
+fn bad_config_is_refused_with_file_line_key_and_problem() {
+    let dir = tempdir();
+    let cases: Vec<(&str, String, usize, &str, &str)> = vec![
+        (
+            "unknown key",
+            config_text(&[(3, "slott = \"x\"")], &[]),
+            3,
+            "source.slott",
+            "unknown key `slott` (did you mean `slot`?)",
+        ),
+        (
+            "wrong type",
+            config_text(&[(9, "concurrency = \"many\"")], &[]),
+            9,
+            "defaults.concurrency",
+            "expected an integer, found a string",
+        ),
+        (
+            "bad url",
+            config_text(&[(13, "url = \"not a url\"")], &[]),
+            13,
+            "trigger \"orders\".url",
+            "not a valid URL",
+        ),
+        (
+            "bad duration",
+            config_text(&[(8, "timeout = \"5 parsecs\"")], &[]),
+            8,
+            "defaults.timeout",
+            "`5 parsecs` is not a duration",
+        ),
+        (
+            "bad CEL",
+            config_text(&[], &["when = \"record.status ==\""]),
+            14,
+            "trigger \"orders\".when",
+            "not a valid CEL expression: Syntax error",
+        ),
+        (
+            "unknown event",
+            config_text(&[], &["events = [\"create\", \"upsert\"]"]),
+            14,
+            "trigger \"orders\".events",
+            "unknown event `upsert`",
+        ),
+        (
+            "duplicate trigger",
+            config_text(
+                &[],
+                &[
+                    "",
+                    "[[trigger]]",
+                    "name = \"orders\"",
+                    "table = \"orders\"",
+                    "url = \"http://127.0.0.1:9/other\"",
+                ],
+            ),
+            16,
+            "trigger \"orders\".name",
+            "duplicate trigger name `orders` (first at line 11)",
+        ),
+    ];
+    for (what, text, line, key, message) in &cases {
+        let path = dir.path().join(format!("{}.toml", what.replace(' ', "-")));
+        std::fs::write(&path, text).unwrap();
+        let p = path.to_str().unwrap();
+        let prefix = format!("{p}:{line}: {key}: {message}");
+
+        let (status, _, stderr) = walhook(&["run", "--config", p]);
+        assert_eq!(status.code(), Some(2), "{what}: run exit code; {stderr}");
+        assert!(
+            stderr.contains("invalid config") && stderr.contains(&prefix),
+            "{what}: run should say {prefix:?}, said:\n{stderr}"
+        );
+
+        let (status, stdout, stderr) = walhook(&["check", "--config", p]);
+        assert!(!status.success(), "{what}: check passed:\n{stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!("error: {prefix}")),
+            "{what}: check should say {prefix:?}, said:\n{stdout}{stderr}"
+        );
+    }
+
+    // check reports every problem at once.
+    let path = dir.path().join("many.toml");
+    std::fs::write(
+        &path,
+        config_text(
+            &[(3, "slott = \"x\""), (8, "timeout = \"soon\"")],
+            &["events = [\"upsert\"]"],
+        ),
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (status, stdout, _) = walhook(&["check", "--config", p]);
+    assert_eq!(status.code(), Some(1));
+    for needle in [
+        format!("{p}:3: source.slott"),
+        format!("{p}:8: defaults.timeout"),
+        format!("{p}:14: trigger \"orders\".events"),
+    ] {
+        assert!(stdout.contains(&needle), "missing {needle:?} in:\n{stdout}");
+    }
+
+    // A missing file.
+    let missing = dir.path().join("nope.toml");
+    let m = missing.to_str().unwrap();
+    let (status, _, stderr) = walhook(&["run", "--config", m]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(m) && stderr.contains("cannot read the config file"),
+        "{stderr}"
+    );
+    let (status, stdout, stderr) = walhook(&["check", "--config", m]);
+    assert!(!status.success());
+    assert!(
+        stdout.contains(m) && stdout.contains("cannot read the config file"),
+        "{stdout}{stderr}"
+    );
+}
+
+#[test]
+fn check_against_the_database_warns_and_fails() {
+    let pg = Cluster::start();
+    let db = pg.create_db("app");
+    pg.psql(&db, "CREATE TABLE orders (id int PRIMARY KEY, status text)");
+    let dir = tempdir();
+    let ok = write_config(
+        dir.path(),
+        &pg.url(&db),
+        FAST,
+        "[[trigger]]\nname = \"paid\"\ntable = \"orders\"\nchanged = [\"status\"]\n\
+         url = \"http://127.0.0.1:9/hook\"\n",
+    );
+    let (status, stdout, stderr) = walhook(&["check", "--config", ok.to_str().unwrap()]);
+    assert!(status.success(), "check failed:\n{stdout}{stderr}");
+    let warning = stdout
+        .lines()
+        .find(|l| l.starts_with("warning:"))
+        .unwrap_or_else(|| panic!("no warning in:\n{stdout}"));
+    assert!(
+        warning.contains("\"paid\"")
+            && warning.contains("public.orders")
+            && warning.contains("REPLICA IDENTITY DEFAULT"),
+        "{warning}"
+    );
+    assert!(!stdout.contains("error:"), "{stdout}");
+    // check changes nothing.
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+
+    // With FULL the warning goes away.
+    pg.psql(&db, "ALTER TABLE orders REPLICA IDENTITY FULL");
+    let (status, stdout, _) = walhook(&["check", "--config", ok.to_str().unwrap()]);
+    assert!(status.success());
+    assert!(!stdout.contains("warning:"), "{stdout}");
+
+    let sub = dir.path().join("missing");
+    std::fs::create_dir(&sub).unwrap();
+    let bad = write_config(
+        &sub,
+        &pg.url(&db),
+        FAST,
+        "[[trigger]]\nname = \"gone\"\ntable = \"missing\"\nurl = \"http://127.0.0.1:9/hook\"\n",
+    );
+    let (status, stdout, stderr) = walhook(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("error: table public.missing does not exist"),
+        "{stdout}"
+    );
+}
+
+// ================================================================ 7. shutdown
+
+#[test]
+fn sigterm_finishes_in_flight_requests_and_a_restart_resends_the_rest() {
+    let pg = Cluster::start();
+    let db = pg.create_db("app");
+    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
+    let rx = Receiver::start();
+    rx.set_delay(Duration::from_millis(1500), false);
+    let dir = tempdir();
+    let triggers = format!(
+        "[[trigger]]\nname = \"t\"\ntable = \"t\"\nurl = \"{}\"\nconcurrency = 4\n",
+        rx.url("/t")
+    );
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let mut walhook = Walhook::streaming(&config);
+    let start = slot_confirmed(&pg, &db).unwrap();
+
+    for i in 1..=12 {
+        pg.psql(&db, &format!("INSERT INTO t VALUES ({i})"));
+    }
+    let end = current_lsn(&pg, &db);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rx.in_flight() < 4 {
+        assert!(Instant::now() < deadline, "requests never went in flight");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(rx.requests().is_empty(), "nothing answered yet");
+    let t = Instant::now();
+    walhook.signal("-TERM");
+    let status = walhook.wait_exit(walhook::run::SHUTDOWN_GRACE + Duration::from_secs(5));
+    let took = t.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status:?}:\n{}",
+        walhook.log_text()
+    );
+    assert!(
+        took < walhook::run::SHUTDOWN_GRACE,
+        "shutdown took {took:?}"
+    );
+    // The requests in flight were allowed to finish...
+    let first_run = rx.requests();
+    assert!(
+        first_run.len() >= 4,
+        "{} requests finished",
+        first_run.len()
+    );
+    assert!(first_run.iter().all(Request::ok));
+    // ...and what they completed was confirmed on the way out.
+    let confirmed = slot_confirmed(&pg, &db).unwrap();
+    let first_commit = bodies(&first_run)
+        .iter()
+        .filter(|e| e["record"]["id"] == 1)
+        .map(commit_lsn)
+        .next()
+        .expect("the first transaction's event was in flight");
+    assert!(
+        confirmed > first_commit && confirmed > start,
+        "confirmed {confirmed} after shutdown, first commit at {first_commit}"
+    );
+    assert!(confirmed < end, "not everything can have been delivered");
+    drop(walhook);
+
+    rx.set_delay(Duration::ZERO, false);
+    let _walhook = Walhook::streaming(&config);
+    let all = rx.wait_until(Duration::from_secs(30), "all 12 rows", |r| {
+        delivered_rows(r).len() == 12
+    });
+    wait_confirmed(&pg, &db, end, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    let all_now = rx.requests();
+    assert_eq!(all.len(), all_now.len(), "nothing more after catching up");
+    let second_run = bodies(&all_now[first_run.len()..]);
+    // Nothing confirmed is sent again; everything unconfirmed is, delivered before or not.
+    for e in &second_run {
+        assert!(
+            commit_lsn(e) > confirmed,
+            "event {} was confirmed ({confirmed}) and still redelivered",
+            e["id"]
+        );
+    }
+    let resent: HashSet<i64> = second_run
+        .iter()
+        .map(|e| e["record"]["id"].as_i64().unwrap())
+        .collect();
+    let mut unconfirmed = 0;
+    for i in 1..=12 {
+        let e = bodies(&all_now)
+            .into_iter()
+            .find(|e| e["record"]["id"] == i)
+            .unwrap();
+        if commit_lsn(&e) > confirmed {
+            unconfirmed += 1;
+            assert!(
+                resent.contains(&i),
+                "unconfirmed row {i} was not sent again"
+            );
+        }
+    }
+    assert_eq!(resent.len(), unconfirmed);
+    assert_stable_ids(&all_now);
+}
+
+// ================================================================ 8. Postgres restart
+
+#[test]
+fn walhook_reconnects_after_postgres_crashes() {
+    let mut pg = Cluster::start();
+    let db = pg.create_db("app");
+    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
+    let rx = Receiver::start();
+    let dir = tempdir();
+    let triggers = format!(
+        "[[trigger]]\nname = \"t\"\ntable = \"t\"\nurl = \"{}\"\n",
+        rx.url("/t")
+    );
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let mut walhook = Walhook::streaming(&config);
+    pg.psql(&db, "INSERT INTO t VALUES (1)");
+    rx.wait_until(Duration::from_secs(20), "row 1", |r| {
+        delivered_rows(r).contains(&1)
+    });
+    wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(20));
+
+    for round in 0..2 {
+        let port = pg.port;
+        pg.kill();
+        walhook.wait_log(
+            "database connection lost",
+            round + 1,
+            Duration::from_secs(20),
+        );
+        std::thread::sleep(Duration::from_millis(700));
+        pg.boot();
+        assert_eq!(pg.port, port, "postgres came back on another port");
+        walhook.wait_log("streaming slot=", round + 2, Duration::from_secs(30));
+        let base = 10 * (round as i64 + 1);
+        for i in base..base + 5 {
+            pg.psql(&db, &format!("INSERT INTO t VALUES ({i})"));
+        }
+        rx.wait_until(
+            Duration::from_secs(20),
+            "rows written after the restart",
+            |r| {
+                let rows = delivered_rows(r);
+                (base..base + 5).all(|i| rows.contains(&i))
+            },
+        );
+        wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(20));
+        assert!(walhook.is_running());
+    }
+    assert_stable_ids(&rx.requests());
 }
