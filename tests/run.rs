@@ -492,7 +492,7 @@ headers = {{ Authorization = "Bearer t0ken", X-Tenant = "acme" }}
 fn crash_workload() -> String {
     let mut sql = String::new();
     let mut next = 1;
-    let mut big_insert = |sql: &mut String, n: i32, next: &mut i32| {
+    let big_insert = |sql: &mut String, n: i32, next: &mut i32| {
         sql.push_str(&format!(
             "INSERT INTO items SELECT g, 0, repeat('x', g % 50) FROM generate_series({}, {}) g;\n",
             *next,
@@ -714,7 +714,7 @@ fn an_outage_holds_the_slot_back_and_loses_nothing() {
     }
     let after_writes = current_lsn(&pg, &db);
     let mut during = Vec::new();
-    let mut watch = |until: Instant, during: &mut Vec<Lsn>| {
+    let watch = |until: Instant, during: &mut Vec<Lsn>| {
         while Instant::now() < until {
             during.push(slot_confirmed(&pg, &db).unwrap());
             std::thread::sleep(Duration::from_millis(100));
