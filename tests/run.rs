@@ -1266,3 +1266,94 @@ fn walhook_reconnects_after_postgres_crashes() {
     }
     assert_stable_ids(&rx.requests());
 }
+
+#[test]
+fn sigterm_with_a_hung_target_exits_after_the_grace_and_confirms_nothing_undelivered() {
+    let pg = Cluster::start();
+    let db = pg.create_db("app");
+    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
+    let rx = Receiver::start();
+    // Longer than the grace and than the request timeout below: nothing ever gets a 2xx.
+    rx.set_delay(Duration::from_secs(60), false);
+    let dir = tempdir();
+    let triggers = format!(
+        "[[trigger]]\nname = \"t\"\ntable = \"t\"\nurl = \"{}\"\nconcurrency = 2\n",
+        rx.url("/t")
+    );
+    let defaults = "timeout = \"30s\"\nretry = { initial = \"50ms\", max = \"500ms\" }";
+    let config = write_config(dir.path(), &pg.url(&db), defaults, &triggers);
+    let mut walhook = Walhook::streaming(&config);
+    let start = slot_confirmed(&pg, &db).unwrap();
+    for i in 1..=3 {
+        pg.psql(&db, &format!("INSERT INTO t VALUES ({i})"));
+    }
+    let end = current_lsn(&pg, &db);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rx.in_flight() < 2 {
+        assert!(Instant::now() < deadline, "requests never went in flight");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    walhook.signal("-TERM");
+    let status = walhook.wait_exit(walhook::run::SHUTDOWN_GRACE + Duration::from_secs(5));
+    let took = t.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took >= walhook::run::SHUTDOWN_GRACE - Duration::from_millis(500),
+        "gave up on in-flight requests after only {took:?}"
+    );
+    let confirmed = slot_confirmed(&pg, &db).unwrap();
+    assert!(
+        confirmed <= start,
+        "confirmed {confirmed} (was {start}) with nothing delivered"
+    );
+    drop(walhook);
+
+    let rx2 = Receiver::start();
+    let config = write_config(
+        dir.path(),
+        &pg.url(&db),
+        FAST,
+        &triggers.replace(&rx.url("/t"), &rx2.url("/t")),
+    );
+    let _walhook = Walhook::streaming(&config);
+    rx2.wait_until(Duration::from_secs(20), "every row after restart", |r| {
+        delivered_rows(r).len() == 3
+    });
+    wait_confirmed(&pg, &db, end, Duration::from_secs(20));
+}
+
+// ================================================================ standby
+
+#[test]
+fn a_second_instance_waits_as_a_standby_and_takes_over() {
+    let pg = Cluster::start();
+    let db = pg.create_db("app");
+    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
+    let rx = Receiver::start();
+    let dir = tempdir();
+    let triggers = format!(
+        "[[trigger]]\nname = \"t\"\ntable = \"t\"\nurl = \"{}\"\n",
+        rx.url("/t")
+    );
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let active = Walhook::streaming(&config);
+    let standby = Walhook::start(&config);
+    standby.wait_log("waiting as a standby", 1, Duration::from_secs(20));
+    pg.psql(&db, "INSERT INTO t VALUES (1)");
+    rx.wait_until(Duration::from_secs(20), "row 1", |r| {
+        delivered_rows(r).contains(&1)
+    });
+    wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(20));
+    active.kill9();
+    standby.wait_log("streaming slot=", 1, Duration::from_secs(20));
+    pg.psql(&db, "INSERT INTO t VALUES (2)");
+    let reqs = rx.wait_until(Duration::from_secs(20), "row 2", |r| {
+        delivered_rows(r).contains(&2)
+    });
+    assert_eq!(
+        reqs.iter().filter(|r| r.ok()).count(),
+        2,
+        "each row once: the standby resumed at the confirmed position"
+    );
+}
