@@ -1357,3 +1357,37 @@ fn a_second_instance_waits_as_a_standby_and_takes_over() {
         "each row once: the standby resumed at the confirmed position"
     );
 }
+
+// ================================================================ lost catalog connection
+
+#[test]
+fn losing_the_catalog_connection_reconnects_and_delivers() {
+    let pg = Cluster::start();
+    let db = pg.create_db("app");
+    // FULL: the first change of the table makes walhook look its key up in the catalog.
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); ALTER TABLE t REPLICA IDENTITY FULL;",
+    );
+    let rx = Receiver::start();
+    let dir = tempdir();
+    let triggers = format!(
+        "[[trigger]]\nname = \"t\"\ntable = \"t\"\nurl = \"{}\"\n",
+        rx.url("/t")
+    );
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let walhook = Walhook::streaming(&config);
+    // walhook's only plain (non-replication) connection now is its catalog connection.
+    let killed = pg.psql(
+        &db,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE backend_type = 'client backend' AND datname = 'app' AND pid <> pg_backend_pid()",
+    );
+    assert_eq!(killed, "1");
+    pg.psql(&db, "INSERT INTO t VALUES (1, 'a')");
+    walhook.wait_log("database connection lost", 1, Duration::from_secs(20));
+    rx.wait_until(Duration::from_secs(30), "row 1 after reconnecting", |r| {
+        delivered_rows(r).contains(&1)
+    });
+    wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(20));
+}
