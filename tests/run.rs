@@ -1220,7 +1220,9 @@ fn sigterm_finishes_in_flight_requests_and_a_restart_resends_the_rest() {
 
 #[test]
 fn walhook_reconnects_after_postgres_crashes() {
-    let mut pg = Cluster::start();
+    // Once a backlog is delivered, the slot reaches the WAL end at the next keepalive that
+    // asks for a reply (every wal_sender_timeout / 2): keep that wait short.
+    let mut pg = Cluster::start_with(&["wal_sender_timeout = 10s"]);
     let db = pg.create_db("app");
     pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
     let rx = Receiver::start();
@@ -1264,6 +1266,36 @@ fn walhook_reconnects_after_postgres_crashes() {
         wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(20));
         assert!(walhook.is_running());
     }
+
+    // A crash in the middle of delivering a backlog: every row Postgres still has after
+    // recovery is delivered.
+    rx.set_delay(Duration::from_millis(4), true);
+    for b in 0..30 {
+        pg.psql(
+            &db,
+            &format!(
+                "INSERT INTO t SELECT g FROM generate_series({}, {}) g",
+                1000 + b * 100,
+                1000 + b * 100 + 99
+            ),
+        );
+    }
+    rx.wait_until(Duration::from_secs(20), "part of the backlog", |r| {
+        delivered_rows(r).len() > 600
+    });
+    pg.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    pg.boot();
+    let rows: HashSet<i64> = pg
+        .psql(&db, "SELECT id FROM t")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(rows.len() > 1000, "{} rows survived", rows.len());
+    rx.wait_until(Duration::from_secs(60), "every surviving row", |r| {
+        delivered_rows(r).is_superset(&rows)
+    });
+    wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(30));
     assert_stable_ids(&rx.requests());
 }
 
