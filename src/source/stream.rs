@@ -274,15 +274,24 @@ impl ReplicationStream {
     }
 
     /// Sends a last status update with the confirmed position and ends the copy.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
         self.stop_writer.notify_one();
-        match self.writer.await {
+        match (&mut self.writer).await {
             Ok(Ok(mut w)) => {
                 let _ = w.send_copy_done().await;
             }
             Ok(Err(e)) => tracing::debug!("status writer ended: {e}"),
             Err(e) => tracing::debug!("status writer task failed: {e}"),
         }
+    }
+}
+
+impl Drop for ReplicationStream {
+    /// A stream dropped without [`close`](ReplicationStream::close) (after an error) must
+    /// close its connection: the status writer holds the socket's write half and would keep
+    /// the walsender, and so the slot, busy with status updates forever.
+    fn drop(&mut self) {
+        self.writer.abort();
     }
 }
 

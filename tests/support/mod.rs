@@ -1,5 +1,6 @@
-//! Test support: a throwaway Postgres cluster.
+//! Test support: a throwaway Postgres cluster and a recording HTTP receiver.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod pg;
+pub mod receiver;
