@@ -6,9 +6,14 @@
 //! it is then the Commit message's `end_lsn`, never the commit start plus something.
 //!
 //! Deliveries finish out of order (many lanes, many targets); this tracker keeps the
-//! transactions in commit order and confirms the longest fully delivered prefix. A keepalive's
-//! `wal_end` may be confirmed only when nothing at all is in flight: it can point past
-//! transactions the server skipped because they touched no published table.
+//! transactions in commit order and confirms the longest fully delivered prefix.
+//!
+//! A keepalive's `wal_end` can point past transactions the server skipped because they
+//! touched no published table, so it must not be confirmed while anything sent before it is
+//! undelivered. It is queued as a marker behind the transactions in flight and confirmed when
+//! they are: every transaction sent after the keepalive commits at or past its `wal_end`, so
+//! confirming it never skips one. Without the marker a busy slot would lag until the next
+//! keepalive that happens to find nothing in flight.
 
 use std::collections::VecDeque;
 
@@ -115,10 +120,27 @@ impl Progress {
         Ok(())
     }
 
-    /// A keepalive said the server has sent everything up to `wal_end`.
+    /// A keepalive (between transactions) said the server has sent everything up to `wal_end`.
     pub fn keepalive(&mut self, wal_end: Lsn) {
-        if self.txns.is_empty() {
-            self.confirmed = self.confirmed.max(wal_end);
+        match self.txns.back_mut() {
+            None => self.confirmed = self.confirmed.max(wal_end),
+            // Mid-transaction keepalives say nothing about the transaction's own commit.
+            Some(Txn { end_lsn: None, .. }) => {}
+            // Behind a finished entry (marker or delivered transaction): move its end.
+            Some(Txn {
+                pending: 0,
+                end_lsn: Some(end),
+                ..
+            }) => *end = (*end).max(wal_end),
+            Some(_) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.txns.push_back(Txn {
+                    id,
+                    pending: 0,
+                    end_lsn: Some(wal_end),
+                });
+            }
         }
     }
 
@@ -171,21 +193,43 @@ mod tests {
     }
 
     #[test]
-    fn keepalive_moves_only_when_idle() {
+    fn keepalive_is_confirmed_only_after_everything_before_it() {
         let mut p = Progress::new(Lsn(5));
         p.keepalive(Lsn(40));
         assert_eq!(p.confirmed(), Lsn(40));
         let a = p.begin();
         p.add(a, 1);
+        // Inside a transaction a keepalive is ignored.
         p.keepalive(Lsn(90));
-        assert_eq!(p.confirmed(), Lsn(40));
         p.commit(a, Lsn(60));
-        p.keepalive(Lsn(90));
         assert_eq!(p.confirmed(), Lsn(40));
-        assert_eq!(p.ack(a), Ok(()));
-        assert_eq!(p.confirmed(), Lsn(60));
+        // Between transactions it waits behind the undelivered one...
         p.keepalive(Lsn(90));
+        let b = p.begin();
+        p.add(b, 1);
+        p.commit(b, Lsn(120));
+        p.keepalive(Lsn(130));
+        assert_eq!(p.confirmed(), Lsn(40));
+        // ...and is confirmed once that one is delivered, even with a later one in flight.
+        assert_eq!(p.ack(a), Ok(()));
         assert_eq!(p.confirmed(), Lsn(90));
+        assert_eq!(p.ack(b), Ok(()));
+        assert_eq!(p.confirmed(), Lsn(130));
+        assert_eq!(p.in_flight(), 0);
+    }
+
+    #[test]
+    fn keepalives_behind_a_stuck_transaction_do_not_pile_up() {
+        let mut p = Progress::new(Lsn::ZERO);
+        let a = p.begin();
+        p.add(a, 1);
+        p.commit(a, Lsn(10));
+        for i in 0..1000 {
+            p.keepalive(Lsn(20 + i));
+        }
+        assert_eq!(p.in_flight(), 2);
+        assert_eq!(p.ack(a), Ok(()));
+        assert_eq!(p.confirmed(), Lsn(1019));
     }
 
     #[test]
