@@ -538,8 +538,14 @@ fn numbers_as_text(v: &Value) -> Value {
 fn tail_reads_an_existing_slot_up_to_endpos_without_moving_it() {
     let pg = Cluster::start();
     let db = pg.create_db("app");
-    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t");
-    pg.psql(&db, "SELECT pg_create_logical_replication_slot('backlog', 'pgoutput')");
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t",
+    );
+    pg.psql(
+        &db,
+        "SELECT pg_create_logical_replication_slot('backlog', 'pgoutput')",
+    );
     let before = pg.psql(
         &db,
         "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'backlog'",
