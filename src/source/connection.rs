@@ -3,15 +3,14 @@
 //! enter CopyBoth mode).
 //!
 //! Subtle points:
-//! - **SSLRequest.** We send it, read exactly one byte (`S` or `N`) and start TLS right away.
-//!   Nothing the server sent before the handshake may be trusted (CVE-2021-23222), which is
-//!   why the byte is read unbuffered.
+//! - **TLS** is negotiated before anything else, in [`super::tls`] (SSLRequest, then libpq's
+//!   certificate policy).
 //! - **Session settings** are fixed in the startup packet (ISO dates, UTC, hex bytea, UTF-8,
 //!   `extra_float_digits=1`) so pgoutput's text values mean one thing.
 //! - **SCRAM over TLS** uses `SCRAM-SHA-256-PLUS` when the server offers it and the certificate's
 //!   hash is known; otherwise the client says `n` ("no binding support"): saying `y` over TLS
 //!   would make the server suspect a downgrade and refuse.
-//! - **Framing** lives in one [`BytesMut`]: [`ReplicationReader::recv`] only awaits
+//! - **Framing** ([`super::frame`]) lives in one [`BytesMut`]: [`ReplicationReader::recv`] only awaits
 //!   `read_buf`, which is cancel-safe, and frames from what is buffered, so it can sit in a
 //!   `tokio::select!` without losing bytes. CopyData payloads are zero-copy slices.
 //! - **Errors** are classified once, in [`ConnectError::is_transient`]: retry a lost network
@@ -20,21 +19,20 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{self, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::conninfo::{self, ChannelBinding, ConnInfo, ConnInfoError, SslMode};
-
-/// Largest backend message accepted; Postgres itself never sends more than 1 GiB.
-const MAX_MESSAGE_LEN: usize = 1 << 30;
+use super::conninfo::{ChannelBinding, ConnInfo, ConnInfoError, SslMode};
+use super::frame::{
+    Body, Frame, MAX_MESSAGE_LEN, log_notice, read_frame, server_error, unexpected,
+};
+use super::tls::{Stream, negotiate_tls};
 
 /// Anything that can go wrong opening or using a Postgres connection.
 #[derive(Debug, thiserror::Error)]
@@ -240,234 +238,6 @@ pub fn parse_server_version(version: &str) -> Option<u32> {
             .checked_add(patch)
     }
 }
-
-// ---------------------------------------------------------------------------------------
-// Transport
-
-/// Plain TCP or TLS over TCP.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Framing and backend messages
-
-/// One backend message: its tag and body (without the 5-byte header).
-#[derive(Debug, PartialEq, Eq)]
-struct Frame {
-    tag: u8,
-    body: Bytes,
-}
-
-/// Takes one complete message off the front of `buf`, if it holds one.
-fn take_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ConnectError> {
-    let Some(header) = buf.get(..5) else {
-        return Ok(None);
-    };
-    let tag = header[0];
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    if len < 4 {
-        return Err(ConnectError::Protocol(format!(
-            "message '{}' has length {len}, less than its own length field",
-            char::from(tag)
-        )));
-    }
-    if len > MAX_MESSAGE_LEN {
-        return Err(ConnectError::Protocol(format!(
-            "message '{}' claims {len} bytes, more than the 1 GiB Postgres can send",
-            char::from(tag)
-        )));
-    }
-    if buf.len() < 1 + len {
-        // Grow towards the announced size in steps, so a large message is not read in tiny
-        // reads, yet a bogus length cannot make us allocate a gigabyte up front.
-        buf.reserve((1 + len - buf.len()).min(1 << 20));
-        return Ok(None);
-    }
-    let mut frame = buf.split_to(1 + len);
-    frame.advance(5);
-    Ok(Some(Frame {
-        tag,
-        body: frame.freeze(),
-    }))
-}
-
-/// Reads until one message is buffered. `Ok(None)`: the peer closed at a message boundary.
-/// Cancel-safe: the only await is `read_buf`, and all state lives in `buf`.
-async fn read_frame<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-) -> Result<Option<Frame>, ConnectError> {
-    loop {
-        if let Some(frame) = take_frame(buf)? {
-            return Ok(Some(frame));
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(8192);
-        }
-        if rd.read_buf(buf).await? == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(ConnectError::Closed)
-            };
-        }
-    }
-}
-
-/// A cursor over a message body that reports truncation instead of panicking.
-struct Body<'a>(&'a [u8]);
-
-impl<'a> Body<'a> {
-    fn truncated() -> ConnectError {
-        ConnectError::Protocol("message shorter than its contents".into())
-    }
-
-    fn u8(&mut self) -> Result<u8, ConnectError> {
-        let (&b, rest) = self.0.split_first().ok_or_else(Body::truncated)?;
-        self.0 = rest;
-        Ok(b)
-    }
-
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], ConnectError> {
-        if self.0.len() < n {
-            return Err(Body::truncated());
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn i16(&mut self) -> Result<i16, ConnectError> {
-        let b = self.bytes(2)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn i32(&mut self) -> Result<i32, ConnectError> {
-        let b = self.bytes(4)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn cstr(&mut self) -> Result<&'a str, ConnectError> {
-        let end = self
-            .0
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| ConnectError::Protocol("string without terminator".into()))?;
-        let s = std::str::from_utf8(&self.0[..end])
-            .map_err(|_| ConnectError::Protocol("string is not UTF-8".into()))?;
-        self.0 = &self.0[end + 1..];
-        Ok(s)
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.0)
-    }
-}
-
-/// The fields of an ErrorResponse or NoticeResponse.
-fn error_fields(body: &[u8]) -> Result<HashMap<u8, String>, ConnectError> {
-    let mut b = Body(body);
-    let mut fields = HashMap::new();
-    loop {
-        match b.u8()? {
-            0 => return Ok(fields),
-            kind => {
-                // Messages are in the server's language and may not be UTF-8 before the
-                // client_encoding takes effect; keep them readable rather than failing.
-                let end =
-                    b.0.iter()
-                        .position(|&c| c == 0)
-                        .ok_or_else(Body::truncated)?;
-                let value = String::from_utf8_lossy(b.bytes(end)?).into_owned();
-                b.u8()?;
-                fields.insert(kind, value);
-            }
-        }
-    }
-}
-
-fn server_error(body: &[u8]) -> ConnectError {
-    let mut f = match error_fields(body) {
-        Ok(f) => f,
-        Err(e) => return e,
-    };
-    ConnectError::Server {
-        // 'V' is the untranslated severity (9.6+); 'S' may be localized.
-        severity: f
-            .remove(&b'V')
-            .or_else(|| f.remove(&b'S'))
-            .unwrap_or_else(|| "ERROR".into()),
-        code: f.remove(&b'C').unwrap_or_else(|| "XX000".into()),
-        message: f.remove(&b'M').unwrap_or_default(),
-        detail: f.remove(&b'D'),
-        hint: f.remove(&b'H'),
-    }
-}
-
-fn log_notice(body: &[u8]) {
-    if let Ok(f) = error_fields(body) {
-        let get = |k: u8| f.get(&k).map(String::as_str).unwrap_or("");
-        tracing::info!(
-            severity = get(b'V'),
-            code = get(b'C'),
-            detail = get(b'D'),
-            "postgres: {}",
-            get(b'M')
-        );
-    }
-}
-
-fn unexpected(tag: u8, during: &str) -> ConnectError {
-    ConnectError::Protocol(format!(
-        "unexpected message '{}' {during}",
-        char::from(tag).escape_default()
-    ))
-}
-
-// ---------------------------------------------------------------------------------------
-// The connection
 
 /// A logged-in `replication=database` session, ready for replication commands.
 pub struct ReplicationConnection {
@@ -918,59 +688,6 @@ async fn tcp_connect(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
     Err(fail(last))
 }
 
-/// SSLRequest and the handshake, as the sslmode says. Returns the stream and, for TLS, the
-/// channel binding data of the server certificate.
-async fn negotiate_tls(
-    mut tcp: TcpStream,
-    info: &ConnInfo,
-) -> Result<(Stream, Option<Vec<u8>>), ConnectError> {
-    let Some(config) = conninfo::tls_config(info)? else {
-        return Ok((Stream::Plain(tcp), None));
-    };
-    let mut request = BytesMut::with_capacity(8);
-    frontend::ssl_request(&mut request);
-    tcp.write_all(&request).await?;
-    // Exactly one byte, unbuffered: see the module docs.
-    match tcp.read_u8().await {
-        Ok(b'S') => {}
-        Ok(b'N') if info.sslmode == SslMode::Prefer => return Ok((Stream::Plain(tcp), None)),
-        Ok(b'N') => return Err(ConnectError::TlsUnsupported(info.sslmode)),
-        Ok(b'E') => {
-            return Err(ConnectError::Protocol(
-                "the server rejected the SSLRequest (a server older than 7.0?)".into(),
-            ));
-        }
-        Ok(other) => return Err(unexpected(other, "in reply to SSLRequest")),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ConnectError::Closed),
-        Err(e) => return Err(e.into()),
-    }
-    let name = conninfo::server_name(info)?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(tls_error)?;
-    let end_point = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| conninfo::tls_server_end_point(c.as_ref()));
-    Ok((Stream::Tls(Box::new(tls)), end_point))
-}
-
-/// A rustls failure (bad certificate, ...) is permanent; a dropped socket is not.
-fn tls_error(e: io::Error) -> ConnectError {
-    let is_rustls = e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
-    if is_rustls {
-        ConnectError::Tls(format!("handshake failed: {e}"))
-    } else {
-        ConnectError::Io(e)
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// CopyBoth
-
 /// The receiving half of a streaming session: CopyData payloads from the walsender.
 pub struct ReplicationReader {
     rd: tokio::io::ReadHalf<Stream>,
@@ -1062,108 +779,7 @@ impl ReplicationWriter {
 #[allow(clippy::expect_used, clippy::unwrap_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
-
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
-
-    #[test]
-    fn frames_split_across_reads_and_many_per_read() {
-        let mut wire = msg(b'd', b"hello");
-        wire.extend(msg(b'd', b""));
-        wire.extend(msg(b'c', b""));
-        let mut buf = BytesMut::new();
-        let mut frames = Vec::new();
-        for byte in &wire {
-            buf.put_u8(*byte);
-            while let Some(f) = take_frame(&mut buf).expect("valid") {
-                frames.push(f);
-            }
-        }
-        let all_at_once = {
-            let mut buf = BytesMut::from(wire.as_slice());
-            let mut v = Vec::new();
-            while let Some(f) = take_frame(&mut buf).expect("valid") {
-                v.push(f);
-            }
-            v
-        };
-        assert_eq!(frames, all_at_once);
-        assert_eq!(frames.len(), 3);
-        assert_eq!(frames[0].body.as_ref(), b"hello");
-        assert_eq!(frames[2].tag, b'c');
-    }
-
-    #[test]
-    fn absurd_lengths_are_errors_not_allocations() {
-        let mut buf = BytesMut::from(&[b'd', 0x7F, 0xFF, 0xFF, 0xFF][..]);
-        assert!(matches!(
-            take_frame(&mut buf),
-            Err(ConnectError::Protocol(_))
-        ));
-        let mut buf = BytesMut::from(&[b'd', 0, 0, 0, 3][..]);
-        assert!(matches!(
-            take_frame(&mut buf),
-            Err(ConnectError::Protocol(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn recv_is_cancel_safe() {
-        let (mut server, client) = tokio::io::duplex(64);
-        let (rd, _wr) = tokio::io::split(client);
-        // Stand-in reader over the duplex: same read_frame as ReplicationReader.
-        let mut rd = rd;
-        let mut buf = BytesMut::new();
-        let wire = [msg(b'd', b"first"), msg(b'd', b"second")].concat();
-        server.write_all(&wire[..7]).await.expect("write");
-        // Cancel a read that has consumed part of a message.
-        let r = tokio::time::timeout(Duration::from_millis(20), read_frame(&mut rd, &mut buf));
-        assert!(r.await.is_err(), "no complete frame yet");
-        server.write_all(&wire[7..]).await.expect("write");
-        drop(server);
-        let a = read_frame(&mut rd, &mut buf)
-            .await
-            .expect("ok")
-            .expect("frame");
-        let b = read_frame(&mut rd, &mut buf)
-            .await
-            .expect("ok")
-            .expect("frame");
-        assert_eq!(
-            (a.body.as_ref(), b.body.as_ref()),
-            (&b"first"[..], &b"second"[..])
-        );
-        assert!(read_frame(&mut rd, &mut buf).await.expect("ok").is_none());
-    }
-
-    #[tokio::test]
-    async fn eof_inside_a_message_is_an_error() {
-        let wire = msg(b'd', b"payload");
-        let mut rd = &wire[..6];
-        let mut buf = BytesMut::new();
-        assert!(matches!(
-            read_frame(&mut rd, &mut buf).await,
-            Err(ConnectError::Closed)
-        ));
-    }
-
-    #[test]
-    fn server_errors_read_as_one_line() {
-        let body = b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed for user \"x\"\0Done\ntwo\0\0";
-        let e = server_error(body);
-        assert_eq!(e.code(), Some("28P01"));
-        assert!(!e.is_transient());
-        assert_eq!(
-            e.to_string(),
-            "FATAL 28P01: password authentication failed for user \"x\". DETAIL: one two"
-        );
-        // Truncated field lists become protocol errors, not panics.
-        assert!(matches!(server_error(b"C28P01"), ConnectError::Protocol(_)));
-    }
+    use crate::source::frame::take_frame;
 
     #[test]
     fn transient_or_permanent() {

@@ -4,10 +4,12 @@
 pub mod changes;
 pub mod connection;
 pub mod conninfo;
+pub mod frame;
 pub mod pgoutput;
 pub mod protocol;
 pub mod relations;
 pub mod session;
 pub mod setup;
 pub mod stream;
+pub mod tls;
 pub mod values;

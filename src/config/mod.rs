@@ -1,0 +1,321 @@
+//! walhook.toml: schema, `${VAR}` interpolation, validation with precise messages.
+//!
+//! The file is parsed with `toml_edit` so that every key and value keeps its byte span; the
+//! schema is then walked by hand rather than through serde, because serde stops at the first
+//! error and `walhook check` must report every problem at once, each with its line.
+//!
+//! Rules worth knowing (they are the user-facing contract, see DESIGN.md "Config"):
+//!
+//! - `${VAR}` and `${VAR:-default}` are replaced inside string values after TOML parsing, so
+//!   line numbers stay right and a `$` anywhere else is literal. `:-` uses the default when the
+//!   variable is unset *or empty*, as in the shell. `$${` writes a literal `${`. An unset
+//!   variable without a default is an error naming the variable and the key.
+//! - `table = "orders"` means `public.orders`. Identifiers follow SQL: `"My Schema"."Orders"`
+//!   is taken exactly (`""` is a quote). An unquoted name with upper-case letters is rejected
+//!   rather than silently folded, since either reading would surprise someone.
+//! - Trigger keys in messages are `trigger "name".key`, or `trigger[n].key` (n from 1, in file
+//!   order) when the trigger has no usable name.
+//! - `[server] listen` defaults to `0.0.0.0:9187`: health probes and Prometheus scrapes come
+//!   from outside the process's network namespace (kubelet, sidecar scrapers), and the
+//!   endpoints expose no row data. `listen = ""` disables the server.
+//! - Messages never contain the value of `source.url`, `secret`, a header value or a trigger
+//!   URL (webhook URLs often carry tokens in their path).
+//!
+//! The work is split by idea: `reader` reads typed values out of the document and records
+//! problems with their lines, `schema` says which tables and keys walhook.toml has,
+//! `interpolate` replaces `${VAR}`s, `table_name` reads SQL table identifiers, `when`
+//! compiles `when` expressions and `secret` checks the Standard Webhooks secret format.
+
+mod interpolate;
+mod reader;
+mod schema;
+mod secret;
+mod table_name;
+#[cfg(test)]
+mod tests;
+mod when;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::event::ChangeKind;
+
+use reader::Reader;
+pub use when::WHEN_VARIABLES;
+pub(crate) use when::check_cel;
+
+/// Which events of a target must keep commit order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Events of the same row (same replica identity key) arrive in commit order.
+    #[default]
+    Row,
+    /// Events of the same table arrive in commit order.
+    Table,
+    /// No ordering: every event may go in parallel.
+    None,
+}
+
+/// What a 4xx answer other than 408/410/429 does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum On4xx {
+    /// Retried by the same schedule as 5xx.
+    #[default]
+    Retry,
+    /// Marked dead at once (kept for `walhook replay`).
+    Dead,
+}
+
+/// HTTP method of a trigger's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// POST (the default).
+    #[default]
+    Post,
+    /// PUT.
+    Put,
+    /// PATCH.
+    Patch,
+}
+
+/// The retry schedule of a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// First backoff interval.
+    pub initial: Duration,
+    /// Longest backoff interval.
+    pub max: Duration,
+    /// How long a target may keep failing before its events are parked.
+    pub park_after: Duration,
+    /// How long a parked event is retried before it is marked dead.
+    pub give_up_after: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(600),
+            park_after: Duration::from_secs(120),
+            give_up_after: Duration::from_secs(3 * 86_400),
+        }
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub path: PathBuf,
+    /// Where the changes come from.
+    pub source: SourceConfig,
+    /// The health and metrics endpoint.
+    pub server: ServerConfig,
+    /// The triggers, in file order.
+    pub triggers: Vec<Trigger>,
+}
+
+/// `[source]`: the database, slot and publication.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// libpq-style URL (`postgres://…`); contains the password, never log it.
+    pub url: String,
+    /// Replication slot name.
+    pub slot: String,
+    /// Publication name.
+    pub publication: String,
+}
+
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("url", &"<redacted>")
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .finish()
+    }
+}
+
+/// `[server]`: where /healthz, /readyz and /metrics listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The listen address; `None` when disabled with `listen = ""`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The listen address used when `[server] listen` is not given.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9187";
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN.parse().ok(),
+        }
+    }
+}
+
+/// One `[[trigger]]`, with every `[defaults]` value resolved.
+#[derive(Clone, PartialEq)]
+pub struct Trigger {
+    /// Unique name, `[A-Za-z0-9_-]+` (it is part of event ids).
+    pub name: String,
+    /// Schema of the table, exact (already unquoted).
+    pub schema: String,
+    /// Table name, exact (already unquoted).
+    pub table: String,
+    /// The change kinds that fire, without duplicates.
+    pub events: Vec<ChangeKind>,
+    /// Target URL (http or https).
+    pub url: reqwest::Url,
+    /// HTTP method.
+    pub method: HttpMethod,
+    /// Extra request headers, valid HTTP names and values, in file order.
+    pub headers: Vec<(String, String)>,
+    /// Standard Webhooks secret, `whsec_<base64>`.
+    pub secret: Option<String>,
+    /// CEL filter source (compiled by [`crate::triggers::Router`]).
+    pub when: Option<String>,
+    /// Updates fire only if one of these columns changed; empty means no such filter.
+    pub changed: Vec<String>,
+    /// Payload projection: only these columns, in this order.
+    pub columns: Option<Vec<String>>,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// Retry schedule.
+    pub retry: RetrySettings,
+    /// In-flight requests to this target.
+    pub concurrency: usize,
+    /// Which events keep commit order.
+    pub ordering: Ordering,
+    /// Events per request (1: one event per body).
+    pub batch: usize,
+    /// What a plain 4xx does.
+    pub on_4xx: On4xx,
+}
+
+impl Trigger {
+    /// The decoded HMAC key of `secret` (the bytes after `whsec_`).
+    pub fn secret_key(&self) -> Option<Vec<u8>> {
+        self.secret.as_deref().and_then(secret::key)
+    }
+}
+
+impl fmt::Debug for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Trigger")
+            .field("name", &self.name)
+            .field("schema", &self.schema)
+            .field("table", &self.table)
+            .field("events", &self.events)
+            .field("url", &"<redacted>")
+            .field("method", &self.method)
+            .field("headers", &headers)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("when", &self.when)
+            .field("changed", &self.changed)
+            .field("columns", &self.columns)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .field("concurrency", &self.concurrency)
+            .field("ordering", &self.ordering)
+            .field("batch", &self.batch)
+            .field("on_4xx", &self.on_4xx)
+            .finish()
+    }
+}
+
+/// One thing wrong with the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when the problem has a place in the file.
+    pub line: Option<usize>,
+    /// The key, e.g. `trigger "order-paid".url`; empty for file-level problems.
+    pub key: String,
+    /// What is wrong, as a sentence fragment.
+    pub message: String,
+}
+
+/// Every problem found in a config file; displays one per line as `file:line: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// The problems, in file order (problems without a line last).
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.path.display())?;
+            if let Some(line) = p.line {
+                write!(f, ":{line}")?;
+            }
+            if !p.key.is_empty() {
+                write!(f, ": {}", p.key)?;
+            }
+            write!(f, ": {}", p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads, interpolates (from the process environment) and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        problems: vec![Problem {
+            line: None,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }],
+    })?;
+    parse(&text, path, &|name| std::env::var(name).ok())
+}
+
+/// The config file to use: `$WALHOOK_CONFIG`, else `./walhook.toml`.
+pub fn default_path() -> PathBuf {
+    match std::env::var_os("WALHOOK_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("walhook.toml"),
+    }
+}
+
+/// Parses and validates config `text` (read from `path`), looking `${VAR}`s up with `env`.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut r = Reader::new(text, env);
+    let config = match toml_edit::ImDocument::parse(text) {
+        Ok(doc) => r.config(doc.as_table(), path),
+        Err(e) => {
+            let message = e.message().trim().replace('\n', "; ");
+            r.problem(e.span(), "", format!("TOML syntax error: {message}"));
+            None
+        }
+    };
+    match config {
+        Some(c) if r.problems.is_empty() => Ok(c),
+        _ => {
+            let mut problems = r.problems;
+            problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+            Err(ConfigError {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+}

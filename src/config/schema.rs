@@ -1,0 +1,534 @@
+//! The walhook.toml schema: which tables and keys exist, their defaults and limits, and how
+//! each `[[trigger]]` is checked and resolved against `[defaults]`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml_edit::{Item, TableLike, Value};
+
+use super::reader::{Found, Reader, join, type_name};
+use super::secret::check_secret;
+use super::table_name::{MAX_IDENT, parse_table};
+use super::when::check_cel;
+use super::{
+    Config, HttpMethod, On4xx, Ordering, RetrySettings, ServerConfig, SourceConfig, Trigger,
+};
+use crate::event::ChangeKind;
+
+const MAX_CONCURRENCY: i64 = 10_000;
+const MAX_BATCH: i64 = 10_000;
+
+/// Headers walhook sets itself; a trigger may not override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+const TOP_KEYS: &[&str] = &["source", "server", "defaults", "trigger"];
+const SOURCE_KEYS: &[&str] = &["url", "slot", "publication"];
+const SERVER_KEYS: &[&str] = &["listen"];
+const SETTING_KEYS: &[&str] = &[
+    "timeout",
+    "retry",
+    "concurrency",
+    "ordering",
+    "batch",
+    "on_4xx",
+];
+const RETRY_KEYS: &[&str] = &["initial", "max", "park_after", "give_up_after"];
+const TRIGGER_KEYS: &[&str] = &[
+    "name", "table", "events", "url", "method", "headers", "secret", "when", "changed", "columns",
+];
+
+/// The settings `[defaults]` gives and each trigger may override.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    timeout: Duration,
+    retry: RetrySettings,
+    concurrency: usize,
+    ordering: Ordering,
+    batch: usize,
+    on_4xx: On4xx,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            timeout: Duration::from_secs(10),
+            retry: RetrySettings::default(),
+            concurrency: 64,
+            ordering: Ordering::Row,
+            batch: 1,
+            on_4xx: On4xx::Retry,
+        }
+    }
+}
+
+impl Reader<'_> {
+    /// The whole file: `[source]`, `[server]`, `[defaults]` and every `[[trigger]]`.
+    pub(super) fn config(&mut self, root: &dyn TableLike, path: &Path) -> Option<Config> {
+        self.unknown_keys(root, TOP_KEYS, "");
+        let source = self.source(root);
+        let server = self.server(root);
+        let defaults = match self.get(root, "defaults") {
+            Some(found) => match self.table(&found, "defaults") {
+                Some(t) => {
+                    self.unknown_keys(t, SETTING_KEYS, "defaults");
+                    self.settings(t, Settings::default(), "defaults")
+                }
+                None => Settings::default(),
+            },
+            None => Settings::default(),
+        };
+        let triggers = self.triggers(root, &defaults);
+        Some(Config {
+            path: path.to_owned(),
+            source: source?,
+            server: server?,
+            triggers: triggers?,
+        })
+    }
+
+    fn source(&mut self, root: &dyn TableLike) -> Option<SourceConfig> {
+        let Some(found) = self.get(root, "source") else {
+            self.problem(None, "source", "missing: add a [source] table with `url`");
+            return None;
+        };
+        let table = self.table(&found, "source")?;
+        self.unknown_keys(table, SOURCE_KEYS, "source");
+        let url = match self.get(table, "url") {
+            Some(f) => self.string(&f, "source.url").and_then(|url| {
+                // Never echo the URL: it usually carries the password.
+                let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
+                if !scheme_ok {
+                    let message =
+                        "not a libpq URL (it must start with postgres:// or postgresql://)";
+                    self.problem(f.span.clone(), "source.url", message);
+                }
+                scheme_ok.then_some(url)
+            }),
+            None => {
+                self.problem(found.span.clone(), "source.url", "missing");
+                None
+            }
+        };
+        let slot = self.name_setting(table, "slot", "source.slot", true);
+        let publication = self.name_setting(table, "publication", "source.publication", false);
+        Some(SourceConfig {
+            url: url?,
+            slot: slot?,
+            publication: publication?,
+        })
+    }
+
+    /// A slot or publication name, default "walhook".
+    fn name_setting(
+        &mut self,
+        table: &dyn TableLike,
+        key: &str,
+        full_key: &str,
+        slot: bool,
+    ) -> Option<String> {
+        let Some(found) = self.get(table, key) else {
+            return Some("walhook".to_owned());
+        };
+        let name = self.string(&found, full_key)?;
+        // Postgres: slot names are lower-case letters, digits and underscores.
+        let bad = if name.is_empty() || name.len() > MAX_IDENT {
+            Some(format!("must be 1 to {MAX_IDENT} bytes long"))
+        } else if slot
+            && !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            Some(format!(
+                "`{name}` is not a valid slot name (lower-case letters, digits and _ only)"
+            ))
+        } else {
+            None
+        };
+        match bad {
+            Some(message) => {
+                self.problem(found.span, full_key, message);
+                None
+            }
+            None => Some(name),
+        }
+    }
+
+    fn server(&mut self, root: &dyn TableLike) -> Option<ServerConfig> {
+        let Some(found) = self.get(root, "server") else {
+            return Some(ServerConfig::default());
+        };
+        let table = self.table(&found, "server")?;
+        self.unknown_keys(table, SERVER_KEYS, "server");
+        let Some(found) = self.get(table, "listen") else {
+            return Some(ServerConfig::default());
+        };
+        let listen = self.string(&found, "server.listen")?;
+        if listen.is_empty() {
+            return Some(ServerConfig { listen: None });
+        }
+        match listen.parse::<SocketAddr>() {
+            Ok(addr) => Some(ServerConfig { listen: Some(addr) }),
+            Err(_) => {
+                let message = format!(
+                    "`{listen}` is not an address like \"127.0.0.1:9187\" or \"[::]:9187\" (use \"\" to disable)"
+                );
+                self.problem(found.span, "server.listen", message);
+                None
+            }
+        }
+    }
+
+    /// The settings keys of `table` over `base`; bad values keep the base value (and are reported).
+    fn settings(&mut self, table: &dyn TableLike, base: Settings, prefix: &str) -> Settings {
+        let mut s = base;
+        if let Some(f) = self.get(table, "timeout") {
+            s.timeout = self
+                .duration(&f, &join(prefix, "timeout"))
+                .unwrap_or(s.timeout);
+        }
+        if let Some(f) = self.get(table, "retry") {
+            let key = join(prefix, "retry");
+            if let Some(t) = self.table(&f, &key) {
+                self.unknown_keys(t, RETRY_KEYS, &key);
+                let r = &mut s.retry;
+                for (name, slot) in [
+                    ("initial", &mut r.initial),
+                    ("max", &mut r.max),
+                    ("park_after", &mut r.park_after),
+                    ("give_up_after", &mut r.give_up_after),
+                ] {
+                    if let Some(f) = self.get(t, name) {
+                        *slot = self.duration(&f, &join(&key, name)).unwrap_or(*slot);
+                    }
+                }
+                if r.initial > r.max {
+                    let message = format!(
+                        "retry.initial ({}) is longer than retry.max ({})",
+                        humantime::format_duration(r.initial),
+                        humantime::format_duration(r.max)
+                    );
+                    self.problem(f.span.clone(), &key, message);
+                }
+            }
+        }
+        if let Some(f) = self.get(table, "concurrency") {
+            let key = join(prefix, "concurrency");
+            s.concurrency = self
+                .count(&f, &key, MAX_CONCURRENCY)
+                .unwrap_or(s.concurrency);
+        }
+        if let Some(f) = self.get(table, "batch") {
+            s.batch = self
+                .count(&f, &join(prefix, "batch"), MAX_BATCH)
+                .unwrap_or(s.batch);
+        }
+        if let Some(f) = self.get(table, "ordering") {
+            let choices = [
+                ("row", Ordering::Row),
+                ("table", Ordering::Table),
+                ("none", Ordering::None),
+            ];
+            let key = join(prefix, "ordering");
+            s.ordering = self.choice(&f, &key, &choices).unwrap_or(s.ordering);
+        }
+        if let Some(f) = self.get(table, "on_4xx") {
+            let choices = [("retry", On4xx::Retry), ("dead", On4xx::Dead)];
+            s.on_4xx = self
+                .choice(&f, &join(prefix, "on_4xx"), &choices)
+                .unwrap_or(s.on_4xx);
+        }
+        s
+    }
+
+    fn triggers(&mut self, root: &dyn TableLike, defaults: &Settings) -> Option<Vec<Trigger>> {
+        let Some(found) = self.get(root, "trigger") else {
+            let message = "no triggers: add at least one [[trigger]] table";
+            self.problem(None, "trigger", message);
+            return None;
+        };
+        let tables: Vec<(&dyn TableLike, Option<Range<usize>>)> = match found.item {
+            Item::ArrayOfTables(a) => a.iter().map(|t| (t as &dyn TableLike, t.span())).collect(),
+            Item::Value(Value::Array(a)) if a.iter().all(|v| v.as_inline_table().is_some()) => a
+                .iter()
+                .filter_map(|v| v.as_inline_table().map(|t| (t as &dyn TableLike, t.span())))
+                .collect(),
+            _ => {
+                let message = format!(
+                    "expected [[trigger]] tables (note the double brackets), found {}",
+                    type_name(found.item)
+                );
+                self.problem(found.span, "trigger", message);
+                return None;
+            }
+        };
+        if tables.is_empty() {
+            self.problem(
+                found.span,
+                "trigger",
+                "no triggers: add at least one [[trigger]] table",
+            );
+            return None;
+        }
+        let mut names: HashMap<String, Option<usize>> = HashMap::new();
+        let mut out = Vec::with_capacity(tables.len());
+        let mut ok = true;
+        for (i, (table, span)) in tables.into_iter().enumerate() {
+            match self.trigger(i, table, span, defaults, &mut names) {
+                Some(t) => out.push(t),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn trigger(
+        &mut self,
+        index: usize,
+        table: &dyn TableLike,
+        span: Option<Range<usize>>,
+        defaults: &Settings,
+        names: &mut HashMap<String, Option<usize>>,
+    ) -> Option<Trigger> {
+        let before = self.problems.len();
+        let mut prefix = format!("trigger[{}]", index + 1);
+
+        // The name first: it names the trigger in every other message.
+        let name = match self.get(table, "name") {
+            Some(f) => self.string(&f, &join(&prefix, "name")).and_then(|name| {
+                if valid_trigger_name(&name) {
+                    prefix = format!("trigger \"{name}\"");
+                    let line = self.line(f.span.clone());
+                    if let Some(first) = names.insert(name.clone(), line) {
+                        let at = first.map(|l| format!(" (first at line {l})")).unwrap_or_default();
+                        let message = format!("duplicate trigger name `{name}`{at}");
+                        self.problem(f.span.clone(), &join(&prefix, "name"), message);
+                    }
+                    Some(name)
+                } else {
+                    let message = format!(
+                        "`{name}` is not a valid trigger name (letters, digits, _ and - only; it is part of event ids)"
+                    );
+                    self.problem(f.span.clone(), &join(&prefix, "name"), message);
+                    None
+                }
+            }),
+            None => {
+                self.problem(span.clone(), &join(&prefix, "name"), "missing");
+                None
+            }
+        };
+
+        let mut allowed: Vec<&str> = TRIGGER_KEYS.to_vec();
+        allowed.extend_from_slice(SETTING_KEYS);
+        self.unknown_keys(table, &allowed, &prefix);
+
+        let key = |k: &str| join(&prefix, k);
+        let relation = match self.get(table, "table") {
+            Some(f) => self
+                .string(&f, &key("table"))
+                .and_then(|t| match parse_table(&t) {
+                    Ok(r) => Some(r),
+                    Err(message) => {
+                        self.problem(f.span.clone(), &key("table"), message);
+                        None
+                    }
+                }),
+            None => {
+                let message = "missing (e.g. table = \"public.orders\")";
+                self.problem(span.clone(), &key("table"), message);
+                None
+            }
+        };
+        let events = match self.get(table, "events") {
+            Some(f) => self.events(&f, &key("events")),
+            None => Some(vec![
+                ChangeKind::Create,
+                ChangeKind::Update,
+                ChangeKind::Delete,
+            ]),
+        };
+        let url = match self.get(table, "url") {
+            Some(f) => self.string(&f, &key("url")).and_then(|u| {
+                let r = target_url(&u);
+                if let Err(message) = &r {
+                    self.problem(f.span.clone(), &key("url"), message.clone());
+                }
+                r.ok()
+            }),
+            None => {
+                self.problem(span.clone(), &key("url"), "missing");
+                None
+            }
+        };
+        let method = match self.get(table, "method") {
+            Some(f) => {
+                let choices = [
+                    ("POST", HttpMethod::Post),
+                    ("PUT", HttpMethod::Put),
+                    ("PATCH", HttpMethod::Patch),
+                ];
+                self.choice(&f, &key("method"), &choices)
+            }
+            None => Some(HttpMethod::Post),
+        };
+        let headers = match self.get(table, "headers") {
+            Some(f) => self.headers(&f, &key("headers")),
+            None => Some(Vec::new()),
+        };
+        let secret = self.get(table, "secret").map(|f| {
+            let s = self.string(&f, &key("secret"))?;
+            if let Err(message) = check_secret(&s) {
+                self.problem(f.span.clone(), &key("secret"), message);
+                return None;
+            }
+            Some(s)
+        });
+        let when = self.get(table, "when").map(|f| {
+            let s = self.string(&f, &key("when"))?;
+            if let Err(message) = check_cel(&s).map(drop) {
+                self.problem(f.span.clone(), &key("when"), message);
+                return None;
+            }
+            Some(s)
+        });
+        let changed = match self.get(table, "changed") {
+            Some(f) => self.string_list(&f, &key("changed")),
+            None => Some(Vec::new()),
+        };
+        let columns = self
+            .get(table, "columns")
+            .map(|f| self.string_list(&f, &key("columns")));
+        let settings = self.settings(table, *defaults, &prefix);
+
+        if self.problems.len() > before {
+            return None;
+        }
+        let (schema, table) = relation?;
+        Some(Trigger {
+            name: name?,
+            schema,
+            table,
+            events: events?,
+            url: url?,
+            method: method?,
+            headers: headers?,
+            secret: secret.flatten(),
+            when: when.flatten(),
+            changed: changed?,
+            columns: columns.flatten(),
+            timeout: settings.timeout,
+            retry: settings.retry,
+            concurrency: settings.concurrency,
+            ordering: settings.ordering,
+            batch: settings.batch,
+            on_4xx: settings.on_4xx,
+        })
+    }
+
+    fn events(&mut self, found: &Found<'_>, key: &str) -> Option<Vec<ChangeKind>> {
+        let names = self.string_list(found, key)?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            match name.as_str() {
+                "create" => out.push(ChangeKind::Create),
+                "update" => out.push(ChangeKind::Update),
+                "delete" => out.push(ChangeKind::Delete),
+                other => {
+                    let hint = match other.to_ascii_lowercase().as_str() {
+                        "insert" | "inserted" | "created" => " (did you mean \"create\"?)",
+                        "updated" => " (did you mean \"update\"?)",
+                        "deleted" => " (did you mean \"delete\"?)",
+                        _ => "",
+                    };
+                    let message = format!(
+                        "unknown event `{other}`{hint}; events are \"create\", \"update\", \"delete\""
+                    );
+                    self.problem(found.span.clone(), key, message);
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    fn headers(&mut self, found: &Found<'_>, key: &str) -> Option<Vec<(String, String)>> {
+        let table = self.table(found, key)?;
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut ok = true;
+        let entries: Vec<(&str, &Item)> = table.iter().collect();
+        for (name, item) in entries {
+            let f = Found {
+                item,
+                span: item.span().or_else(|| found.span.clone()),
+            };
+            let header_key = format!("{key}.{name}");
+            let lower = name.to_ascii_lowercase();
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.problem(f.span.clone(), &header_key, "not a valid HTTP header name");
+                ok = false;
+                continue;
+            }
+            if RESERVED_HEADERS.contains(&lower.as_str()) {
+                let message = format!("`{name}` is set by walhook and cannot be overridden");
+                self.problem(f.span.clone(), &header_key, message);
+                ok = false;
+                continue;
+            }
+            if !seen.insert(lower) {
+                let message = "given twice (header names are case-insensitive)";
+                self.problem(f.span.clone(), &header_key, message);
+                ok = false;
+                continue;
+            }
+            let Some(value) = self.string(&f, &header_key) else {
+                ok = false;
+                continue;
+            };
+            // The value is not echoed: headers usually carry credentials.
+            if reqwest::header::HeaderValue::from_str(&value).is_err() {
+                let message =
+                    "not a valid HTTP header value (control characters or non-ASCII text)";
+                self.problem(f.span.clone(), &header_key, message);
+                ok = false;
+                continue;
+            }
+            out.push((name.to_owned(), value));
+        }
+        ok.then_some(out)
+    }
+}
+
+fn valid_trigger_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// An http(s) URL with a host; the error never contains the URL.
+fn target_url(s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("not a valid URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        let scheme = url.scheme();
+        return Err(format!(
+            "the URL scheme must be http or https, not `{scheme}`"
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".to_owned());
+    }
+    Ok(url)
+}
