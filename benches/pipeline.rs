@@ -161,13 +161,13 @@ fn benches(c: &mut Criterion) {
             pgoutput::decode(data).unwrap()
         })
     });
-    let PgOutput::Insert { new, .. } = pgoutput::decode(Bytes::from(pgoutput::encode(
-        &PgOutput::Insert {
+    let PgOutput::Insert { new, .. } =
+        pgoutput::decode(Bytes::from(pgoutput::encode(&PgOutput::Insert {
             relation: REL_ID,
             new: row(false),
-        },
-    )))
-    .unwrap() else {
+        })))
+        .unwrap()
+    else {
         unreachable!()
     };
     g.bench_function("changes_insert (row → JSON values)", |b| {
