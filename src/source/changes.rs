@@ -96,25 +96,23 @@ fn decode_tuple(rel: &CachedRelation, tuple: &Tuple) -> Result<Decoded, ChangeEr
 }
 
 impl Decoded {
-    /// The whole row; unsent TOAST values are left out.
-    fn row(&self, rel: &CachedRelation) -> Row {
+    /// The whole row; unsent TOAST values are left out. Moves the values (no copies).
+    fn into_row(self, rel: &CachedRelation) -> Row {
         let mut row = Row::with_capacity(self.0.len());
-        for (v, col) in self.0.iter().zip(&rel.relation.columns) {
+        for (v, col) in self.0.into_iter().zip(&rel.relation.columns) {
             if let Some(v) = v {
-                row.insert(col.name.clone(), v.clone());
+                row.insert(col.name.clone(), v);
             }
         }
         row
     }
 
     /// Only the replica identity key columns (a 'K' tuple has nulls elsewhere).
-    fn key_row(&self, rel: &CachedRelation) -> Row {
+    fn into_key_row(self, rel: &CachedRelation) -> Row {
         let mut row = Row::new();
-        for (v, col) in self.0.iter().zip(&rel.relation.columns) {
-            if col.is_key {
-                if let Some(v) = v {
-                    row.insert(col.name.clone(), v.clone());
-                }
+        for (v, col) in self.0.into_iter().zip(&rel.relation.columns) {
+            if let (true, Some(v)) = (col.is_key, v) {
+                row.insert(col.name.clone(), v);
             }
         }
         row
@@ -147,16 +145,18 @@ pub fn insert(
     new: &Tuple,
 ) -> Result<Change, ChangeError> {
     let new = decode_tuple(rel, new)?;
+    let unchanged_toast = unsent(rel, &new);
+    let identity = new.identity(rel);
     Ok(change(
         rel,
         txn,
         seq,
         ChangeKind::Create,
-        Some(new.row(rel)),
+        Some(new.into_row(rel)),
         None,
         None,
-        unsent(rel, &new),
-        new.identity(rel),
+        unchanged_toast,
+        identity,
     ))
 }
 
@@ -186,9 +186,9 @@ pub fn update(
                 .filter(|(_, (n, o))| n.is_some() && o.is_some() && n != o)
                 .map(|(c, _)| c.name.clone())
                 .collect();
-            (Some(old.row(rel)), Some(changed))
+            (Some(old.into_row(rel)), Some(changed))
         }
-        Some(OldTuple::Key(t)) => (Some(decode_tuple(rel, t)?.key_row(rel)), None),
+        Some(OldTuple::Key(t)) => (Some(decode_tuple(rel, t)?.into_key_row(rel)), None),
         None => (None, None),
     };
     let unchanged_toast = unsent(rel, &new);
@@ -198,7 +198,7 @@ pub fn update(
         txn,
         seq,
         ChangeKind::Update,
-        Some(new.row(rel)),
+        Some(new.into_row(rel)),
         old_record,
         changed,
         unchanged_toast,
@@ -214,9 +214,10 @@ pub fn delete(
     old: &OldTuple,
 ) -> Result<Change, ChangeError> {
     let decoded = decode_tuple(rel, old.tuple())?;
+    let identity = decoded.identity(rel);
     let old_record = match old {
-        OldTuple::Full(_) => decoded.row(rel),
-        OldTuple::Key(_) => decoded.key_row(rel),
+        OldTuple::Full(_) => decoded.into_row(rel),
+        OldTuple::Key(_) => decoded.into_key_row(rel),
     };
     Ok(change(
         rel,
@@ -227,7 +228,7 @@ pub fn delete(
         Some(old_record),
         None,
         Vec::new(),
-        decoded.identity(rel),
+        identity,
     ))
 }
 
