@@ -90,6 +90,18 @@ pub async fn check(path: &Path) -> Report {
             router.tables().len()
         ),
     );
+    for t in &config.triggers {
+        if t.on_4xx == config::On4xx::Dead {
+            report.push(
+                Severity::Warning,
+                format!(
+                    "trigger {:?}: on_4xx = \"dead\" is accepted but dead-lettering is not built \
+                     yet; 4xx answers are retried like 5xx",
+                    t.name
+                ),
+            );
+        }
+    }
     let conninfo = match ConnInfo::parse(&config.source.url) {
         Ok(c) => c,
         Err(e) => {
