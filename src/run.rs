@@ -19,10 +19,8 @@ use crate::delivery::{DeliveryError, Dispatcher, Job, Target};
 use crate::event::Change;
 use crate::progress::{Progress, TxnId};
 use crate::server::Health;
-use crate::source::connection::ConnectError;
-use crate::source::conninfo::{self, ConnInfo, ConnInfoError};
+use crate::source::conninfo::{ConnInfo, ConnInfoError};
 use crate::source::session::{self, SessionOptions, Slot};
-use crate::source::setup::{self, SetupError};
 use crate::source::stream::{Confirmer, ReplicationStream, SourceError, SourceEvent};
 use crate::triggers::{Router, TriggerError};
 
@@ -46,12 +44,6 @@ pub enum RunError {
     /// Delivery could not start.
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
-    /// Set-up failed for a reason that retrying does not fix.
-    #[error(transparent)]
-    Setup(#[from] SetupError),
-    /// The catalog connection failed for a reason that retrying does not fix.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
     /// The source failed for a reason that retrying does not fix.
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -148,7 +140,7 @@ pub async fn run(
         health.set_streaming(false);
         match attempt {
             Ok(stream) => break (Ok(()), stream),
-            Err(e) if e.slot_in_use() => {
+            Err(e) if slot_in_use(&e) => {
                 // One active instance per slot: wait as a hot standby, and take over soon
                 // after the active one goes away.
                 tracing::info!("{e}; waiting as a standby");
@@ -165,7 +157,7 @@ pub async fn run(
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
-            Err(e) => break (Err(e.into_run_error()), None),
+            Err(e) => break (Err(e.into()), None),
         }
     };
 
@@ -203,38 +195,9 @@ async fn apply_acks(mut acks: mpsc::UnboundedReceiver<u64>, current: Arc<Mutex<C
     }
 }
 
-/// An error of one streaming attempt.
-#[derive(Debug, thiserror::Error)]
-enum AttemptError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error(transparent)]
-    Setup(#[from] SetupError),
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-}
-
-impl AttemptError {
-    fn is_transient(&self) -> bool {
-        match self {
-            AttemptError::Source(e) => e.is_transient(),
-            AttemptError::Setup(e) => e.is_transient(),
-            AttemptError::Connect(e) => e.is_transient(),
-        }
-    }
-
-    /// The slot is streaming to another session (55006 object_in_use).
-    fn slot_in_use(&self) -> bool {
-        matches!(self, AttemptError::Source(SourceError::Connect(e)) if e.code() == Some("55006"))
-    }
-
-    fn into_run_error(self) -> RunError {
-        match self {
-            AttemptError::Source(e) => RunError::Source(e),
-            AttemptError::Setup(e) => RunError::Setup(e),
-            AttemptError::Connect(e) => RunError::Connect(e),
-        }
-    }
+/// The slot is streaming to another session (55006 object_in_use): wait as a standby.
+fn slot_in_use(e: &SourceError) -> bool {
+    matches!(e, SourceError::Connect(c) if c.code() == Some("55006"))
 }
 
 /// What one streaming attempt needs.
@@ -267,21 +230,14 @@ impl Ctx<'_> {
 async fn stream_once(
     ctx: Ctx<'_>,
     mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Result<Option<ReplicationStream>, AttemptError> {
-    let setup = async {
-        // session::open checks wal_level and the role; the publication must exist first.
-        let client = conninfo::connect_sql(ctx.conninfo).await?;
-        let publication = &ctx.config.source.publication;
-        let change = setup::sync_publication(&client, publication, &ctx.router.tables()).await?;
-        tracing::info!(publication = %publication, ?change, "publication");
-        let stream = session::open(&SessionOptions {
-            conninfo: ctx.conninfo.clone(),
-            slot: Slot::Permanent(ctx.config.source.slot.clone()),
-            publication: publication.clone(),
-        })
-        .await?;
-        Ok::<_, AttemptError>(stream)
+) -> Result<Option<ReplicationStream>, SourceError> {
+    let options = SessionOptions {
+        conninfo: ctx.conninfo.clone(),
+        slot: Slot::Permanent(ctx.config.source.slot.clone()),
+        publication: ctx.config.source.publication.clone(),
+        publish: Some(ctx.router.tables()),
     };
+    let setup = session::open(&options);
     let mut stream = tokio::select! {
         s = setup => s?,
         _ = &mut stop => return Ok(None),

@@ -56,6 +56,7 @@ pub async fn tail(
         conninfo: opts.conninfo,
         slot,
         publication: opts.publication,
+        publish: None,
     })
     .await?;
     tokio::pin!(stop);

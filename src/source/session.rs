@@ -37,6 +37,9 @@ pub struct SessionOptions {
     pub slot: Slot,
     /// The publication to decode.
     pub publication: String,
+    /// Make the publication publish exactly these tables (creating it if missing) rather
+    /// than requiring that it exists.
+    pub publish: Option<Vec<(String, String)>>,
 }
 
 /// The `START_REPLICATION` options for a server version (`server_version_num`).
@@ -53,12 +56,19 @@ pub fn pgoutput_options(publication: &str, server_version_num: u32) -> String {
     options
 }
 
-/// Connects, checks the preconditions, makes sure the slot exists, and starts streaming.
+/// Connects, checks the preconditions, sets up the publication and the slot as asked, and
+/// starts streaming. The catalog connection opened here stays with the stream.
 pub async fn open(opts: &SessionOptions) -> Result<ReplicationStream, SourceError> {
     let client = conninfo::connect_sql(&opts.conninfo).await?;
     setup::check_wal_level(&client).await?;
     setup::check_replication_role(&client).await?;
-    setup::check_publication(&client, &opts.publication).await?;
+    match &opts.publish {
+        Some(tables) => {
+            let change = setup::sync_publication(&client, &opts.publication, tables).await?;
+            tracing::info!(publication = %opts.publication, ?change, "publication");
+        }
+        None => setup::check_publication(&client, &opts.publication).await?,
+    }
     let mut repl = ReplicationConnection::connect(&opts.conninfo).await?;
     let version = repl.server_version_num().unwrap_or(0);
     let slot = quote_ident(opts.slot.name());
