@@ -144,35 +144,38 @@ async fn database(
             Err(e) => return Err(e),
         }
     }
-    let tables = router.tables();
-    let missing = setup::missing_tables(client, &tables).await?;
-    for (schema, table) in &missing {
-        report.push(
-            Severity::Error,
-            format!("table {schema}.{table} does not exist (named by a trigger)"),
-        );
+    let facts = setup::table_facts(client, &router.tables()).await?;
+    for t in &facts {
+        if t.kind.is_none() {
+            report.push(
+                Severity::Error,
+                format!("table {} does not exist (named by a trigger)", t.name()),
+            );
+        } else if let Some(problem) = t.identity_problem() {
+            report.push(Severity::Error, problem);
+        }
     }
     for (i, trigger) in config.triggers.iter().enumerate() {
         if !router.needs_old_values(i) {
             continue;
         }
-        let key = (trigger.schema.clone(), trigger.table.clone());
-        if missing.contains(&key) {
+        let Some(t) = facts
+            .iter()
+            .find(|t| t.schema == trigger.schema && t.table == trigger.table && t.kind.is_some())
+        else {
             continue;
-        }
-        let identity = setup::replica_identity(client, &trigger.schema, &trigger.table).await?;
-        if identity != Some('f') {
+        };
+        if t.identity != 'f' {
             report.push(
                 Severity::Warning,
                 format!(
                     "trigger {:?} reads old values (`changed` or old_record in `when`), but \
-                     {}.{} has REPLICA IDENTITY {}: updates carry no old row, so `changed` \
+                     {} has REPLICA IDENTITY {}: updates carry no old row, so `changed` \
                      fires on every update and old_record is null \
                      (fix: ALTER TABLE {}.{} REPLICA IDENTITY FULL)",
                     trigger.name,
-                    trigger.schema,
-                    trigger.table,
-                    identity_name(identity),
+                    t.name(),
+                    identity_name(t.identity),
                     setup::quote_ident(&trigger.schema),
                     setup::quote_ident(&trigger.table),
                 ),
@@ -231,12 +234,12 @@ async fn database(
     Ok(())
 }
 
-fn identity_name(identity: Option<char>) -> &'static str {
+fn identity_name(identity: char) -> &'static str {
     match identity {
-        Some('d') => "DEFAULT",
-        Some('n') => "NOTHING",
-        Some('i') => "USING INDEX",
-        Some('f') => "FULL",
+        'd' => "DEFAULT",
+        'n' => "NOTHING",
+        'i' => "USING INDEX",
+        'f' => "FULL",
         _ => "unknown",
     }
 }

@@ -1423,3 +1423,79 @@ fn losing_the_catalog_connection_reconnects_and_delivers() {
     });
     wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(20));
 }
+
+// ================================================================ publication safety
+
+#[test]
+fn a_partitioned_table_is_delivered_under_its_own_name() {
+    let pg = Cluster::start();
+    let db = pg.create_db("app");
+    pg.psql(
+        &db,
+        "CREATE TABLE events (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+         CREATE TABLE events_2027 PARTITION OF events FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');",
+    );
+    let rx = Receiver::start();
+    let dir = tempdir();
+    let triggers = format!(
+        "[[trigger]]\nname = \"events\"\ntable = \"events\"\nurl = \"{}\"\n",
+        rx.url("/events")
+    );
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let _walhook = Walhook::streaming(&config);
+    pg.psql(
+        &db,
+        "INSERT INTO events VALUES (1, '2026-05-01'), (2, '2027-05-01');
+         UPDATE events SET at = '2027-06-01' WHERE id = 1;",
+    );
+    let reqs = rx.wait_until(Duration::from_secs(20), "partition events", |r| {
+        r.iter().filter(|q| q.ok()).count() >= 3
+    });
+    let events = bodies(&reqs);
+    // Rows of every partition arrive as the partitioned table the trigger names.
+    assert!(events.iter().all(|e| e["table"] == "events"), "{events:?}");
+    let ids: Vec<i64> = events
+        .iter()
+        .filter(|e| e["type"] == "create")
+        .map(|e| e["record"]["id"].as_i64().unwrap_or(0))
+        .collect();
+    assert!(ids.contains(&1) && ids.contains(&2), "{events:?}");
+}
+
+#[test]
+fn a_table_without_replica_identity_is_refused_before_it_breaks_the_app() {
+    let pg = Cluster::start();
+    let db = pg.create_db("app");
+    pg.psql(
+        &db,
+        "CREATE TABLE nokey (v int); INSERT INTO nokey VALUES (1)",
+    );
+    let dir = tempdir();
+    let config = write_config(
+        dir.path(),
+        &pg.url(&db),
+        FAST,
+        "[[trigger]]\nname = \"nokey\"\ntable = \"nokey\"\nurl = \"http://127.0.0.1:9/hook\"\n",
+    );
+    let path = config.to_str().unwrap();
+    let (status, stdout, _) = walhook(&["check", "--config", path]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("error: table public.nokey has no primary key")
+            && stdout.contains("REPLICA IDENTITY FULL"),
+        "{stdout}"
+    );
+    let (status, _, stderr) = walhook(&["run", "--config", path]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("has no primary key"), "{stderr}");
+    // The publication was not touched, so the application can still update the table.
+    pg.psql(&db, "UPDATE nokey SET v = 2");
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT count(*) FROM pg_publication_tables WHERE tablename = 'nokey'"
+        ),
+        "0"
+    );
+}

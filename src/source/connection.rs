@@ -131,10 +131,7 @@ impl ConnectError {
             | ConnectError::Io(_)
             | ConnectError::Closed => true,
             ConnectError::Server { code, .. } => sqlstate_is_transient(code),
-            ConnectError::Sql(e) => match e.code() {
-                Some(code) => sqlstate_is_transient(code.code()),
-                None => e.is_closed() || source_is_io(e),
-            },
+            ConnectError::Sql(e) => sql_error_is_transient(e),
             ConnectError::Config(_)
             | ConnectError::TlsUnsupported(_)
             | ConnectError::Tls(_)
@@ -154,6 +151,15 @@ impl ConnectError {
             ConnectError::Sql(e) => e.code().map(|c| c.code()),
             _ => None,
         }
+    }
+}
+
+/// Whether an error of an ordinary (tokio-postgres) connection may go away by retrying:
+/// the one classification every catalog and set-up query uses.
+pub fn sql_error_is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => sqlstate_is_transient(code.code()),
+        None => e.is_closed() || source_is_io(e),
     }
 }
 
@@ -183,6 +189,7 @@ fn sqlstate_is_transient(code: &str) -> bool {
         | "55006"
     ) || code.starts_with("08") // connection exceptions
         || code.starts_with("53") // insufficient resources: too many connections, out of memory, disk full
+        || code.starts_with("58") // system errors (I/O)
 }
 
 /// One result row of a simple query: text values by column index or name.

@@ -91,30 +91,15 @@ impl RelationError {
     /// server is shutting down or short of resources.
     pub fn is_transient(&self) -> bool {
         match self {
-            RelationError::Catalog { source, .. } => pg_error_is_transient(source),
+            RelationError::Catalog { source, .. } => {
+                crate::source::connection::sql_error_is_transient(source)
+            }
             RelationError::Column { source, .. } => source.is_transient(),
             RelationError::UnknownType { .. }
             | RelationError::TooDeep { .. }
             | RelationError::Unexpected { .. } => false,
         }
     }
-}
-
-fn pg_error_is_transient(e: &tokio_postgres::Error) -> bool {
-    if e.is_closed() {
-        return true;
-    }
-    if let Some(state) = e.code() {
-        let code = state.code();
-        // 08 connection exception, 53 insufficient resources, 57P0x shutdown / cannot
-        // connect now, 57014 cancelled (statement_timeout), 58 system (I/O) error,
-        // 40001/40P01 serialization failure / deadlock.
-        return ["08", "53", "57P", "58"]
-            .iter()
-            .any(|p| code.starts_with(p))
-            || matches!(code, "57014" | "40001" | "40P01");
-    }
-    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// A table as the last Relation message described it, with each column's JSON conversion.

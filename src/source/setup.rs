@@ -27,6 +27,9 @@ pub enum SetupError {
     /// The replication slot does not exist.
     #[error("replication slot {0:?} does not exist in this database")]
     NoSlot(String),
+    /// Publishing the table would break the application's writes.
+    #[error("{0}")]
+    Identity(String),
     /// A table a trigger names does not exist.
     #[error("table {0} does not exist")]
     NoTable(String),
@@ -52,7 +55,9 @@ impl SetupError {
     /// Whether retrying may help (the connection dropped) rather than needing a fix.
     pub fn is_transient(&self) -> bool {
         match self {
-            SetupError::Sql { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            SetupError::Sql { source, .. } => {
+                crate::source::connection::sql_error_is_transient(source)
+            }
             _ => false,
         }
     }
@@ -119,45 +124,79 @@ pub async fn check_publication(client: &Client, publication: &str) -> Result<(),
     Ok(())
 }
 
-/// The tables out of `tables` (schema, name) that do not exist.
-pub async fn missing_tables(
+/// What the catalog says about a table a trigger names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableFacts {
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+    /// `relkind`: 'r' table, 'p' partitioned table; `None` if no such table exists.
+    pub kind: Option<char>,
+    /// `relreplident`: 'd' default, 'n' nothing, 'f' full, 'i' index.
+    pub identity: char,
+    /// Whether it has a primary key.
+    pub has_primary_key: bool,
+}
+
+impl TableFacts {
+    /// `schema.table`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+
+    /// Why publishing this table's updates and deletes would make them fail in the
+    /// application ("cannot update table … because it does not have a replica identity").
+    pub fn identity_problem(&self) -> Option<String> {
+        let missing = match self.identity {
+            'n' => "has REPLICA IDENTITY NOTHING",
+            'd' if !self.has_primary_key => "has no primary key (REPLICA IDENTITY DEFAULT)",
+            _ => return None,
+        };
+        Some(format!(
+            "table {} {missing}: once published, Postgres rejects its UPDATEs and DELETEs; \
+             add a primary key or run ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+            self.name(),
+            quote_ident(&self.schema),
+            quote_ident(&self.table)
+        ))
+    }
+}
+
+/// Looks up each table (schema, name), in order.
+pub async fn table_facts(
     client: &Client,
     tables: &[(String, String)],
-) -> Result<Vec<(String, String)>, SetupError> {
-    let mut missing = Vec::new();
+) -> Result<Vec<TableFacts>, SetupError> {
+    let mut facts = Vec::with_capacity(tables.len());
     for (schema, table) in tables {
         let rows = client
             .query(
-                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                "SELECT c.relkind::text, c.relreplident::text, \
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
                 &[schema, table],
             )
             .await
             .map_err(sql("looking up tables"))?;
-        if rows.is_empty() {
-            missing.push((schema.clone(), table.clone()));
-        }
+        let first_char = |i: usize| -> Option<char> {
+            rows.first()
+                .and_then(|r| r.try_get::<_, String>(i).ok())
+                .and_then(|v| v.chars().next())
+        };
+        facts.push(TableFacts {
+            schema: schema.clone(),
+            table: table.clone(),
+            kind: first_char(0),
+            identity: first_char(1).unwrap_or('d'),
+            has_primary_key: rows
+                .first()
+                .and_then(|r| r.try_get::<_, bool>(2).ok())
+                .unwrap_or(false),
+        });
     }
-    Ok(missing)
-}
-
-/// The table's `relreplident` ('d', 'n', 'f' or 'i'), or `None` if it does not exist.
-pub async fn replica_identity(
-    client: &Client,
-    schema: &str,
-    table: &str,
-) -> Result<Option<char>, SetupError> {
-    let rows = client
-        .query(
-            "SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2",
-            &[&schema, &table],
-        )
-        .await
-        .map_err(sql("reading the table's replica identity"))?;
-    Ok(rows
-        .first()
-        .and_then(|r| r.get::<_, String>(0).chars().next()))
+    Ok(facts)
 }
 
 /// What [`sync_publication`] did.
@@ -177,9 +216,23 @@ pub async fn sync_publication(
     publication: &str,
     tables: &[(String, String)],
 ) -> Result<PublicationChange, SetupError> {
-    if let Some((schema, table)) = missing_tables(client, tables).await?.into_iter().next() {
-        return Err(SetupError::NoTable(format!("{schema}.{table}")));
+    let facts = table_facts(client, tables).await?;
+    for t in &facts {
+        if t.kind.is_none() {
+            return Err(SetupError::NoTable(t.name()));
+        }
+        if let Some(problem) = t.identity_problem() {
+            return Err(SetupError::Identity(problem));
+        }
     }
+    // Changes of a partitioned table come under its partitions' names unless the publication
+    // publishes via the root; triggers name the root.
+    let via_root = facts.iter().any(|t| t.kind == Some('p'));
+    let with = if via_root {
+        " WITH (publish_via_partition_root = true)"
+    } else {
+        ""
+    };
     let list = tables
         .iter()
         .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
@@ -187,7 +240,7 @@ pub async fn sync_publication(
         .join(", ");
     let existing = client
         .query(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await
@@ -195,15 +248,28 @@ pub async fn sync_publication(
     let Some(row) = existing.first() else {
         client
             .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {list}",
+                "CREATE PUBLICATION {} FOR TABLE {list}{with}",
                 quote_ident(publication)
             ))
             .await
             .map_err(sql(format!("creating publication {publication:?}")))?;
         return Ok(PublicationChange::Created);
     };
-    if row.get::<_, bool>(0) {
-        return Ok(PublicationChange::Unchanged);
+    let all_tables = row.try_get::<_, bool>(0).unwrap_or(false);
+    let published_via_root = row.try_get::<_, bool>(1).unwrap_or(false);
+    let mut change = PublicationChange::Unchanged;
+    if via_root && !published_via_root {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                quote_ident(publication)
+            ))
+            .await
+            .map_err(sql(format!("updating publication {publication:?}")))?;
+        change = PublicationChange::Altered;
+    }
+    if all_tables {
+        return Ok(change);
     }
     let current: BTreeSet<(String, String)> = client
         .query(
@@ -213,11 +279,11 @@ pub async fn sync_publication(
         .await
         .map_err(sql("reading the publication's tables"))?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
         .collect();
     let wanted: BTreeSet<(String, String)> = tables.iter().cloned().collect();
     if current == wanted {
-        return Ok(PublicationChange::Unchanged);
+        return Ok(change);
     }
     client
         .batch_execute(&format!(
