@@ -100,14 +100,7 @@ impl Progress {
         self.txns[i].end_lsn = Some(end_lsn);
         // Consecutive finished transactions behind a slow one collapse into one entry, so a
         // stalled target cannot make this queue grow with transactions that matched nothing.
-        if i > 0 && self.txns[i].pending == 0 {
-            let prev = self.txns[i - 1];
-            if prev.pending == 0 && prev.end_lsn.is_some() {
-                self.txns[i - 1].end_lsn = Some(end_lsn);
-                self.txns[i - 1].id = id;
-                self.txns.remove(i);
-            }
-        }
+        self.merge_finished(i);
         self.advance();
     }
 
@@ -116,8 +109,28 @@ impl Progress {
         let i = self.index(id).ok_or(AckError::UnknownTxn(id))?;
         let txn = &mut self.txns[i];
         txn.pending = txn.pending.checked_sub(1).ok_or(AckError::TooMany(id))?;
+        if txn.pending == 0 {
+            self.merge_finished(i);
+        }
         self.advance();
         Ok(())
+    }
+
+    /// Folds a finished entry into finished neighbours, so that transactions delivered
+    /// behind a stuck one (another target's, say) take one entry, not one each.
+    fn merge_finished(&mut self, i: usize) {
+        let finished = |t: &Txn| t.pending == 0 && t.end_lsn.is_some();
+        let mut i = i;
+        if i > 0 && finished(&self.txns[i]) && finished(&self.txns[i - 1]) {
+            let later = self.txns[i];
+            self.txns[i - 1].end_lsn = later.end_lsn;
+            self.txns[i - 1].id = later.id;
+            self.txns.remove(i);
+            i -= 1;
+        }
+        if i + 1 < self.txns.len() && finished(&self.txns[i]) && finished(&self.txns[i + 1]) {
+            self.txns.remove(i);
+        }
     }
 
     /// A keepalive (between transactions) said the server has sent everything up to `wal_end`.
@@ -255,6 +268,36 @@ mod tests {
         assert!(p.in_flight() <= 2, "{} entries", p.in_flight());
         assert_eq!(p.ack(stuck), Ok(()));
         assert_eq!(p.confirmed(), Lsn(20 + 9_999));
+    }
+
+    #[test]
+    fn transactions_delivered_behind_a_stuck_one_collapse() {
+        // One target is down (holding `stuck`); another delivers every later transaction.
+        let mut p = Progress::new(Lsn::ZERO);
+        let stuck = p.begin();
+        p.add(stuck, 1);
+        p.commit(stuck, Lsn(10));
+        for i in 0..10_000u64 {
+            let t = p.begin();
+            p.add(t, 1);
+            p.commit(t, Lsn(20 + i));
+            assert_eq!(p.ack(t), Ok(()));
+        }
+        assert!(p.in_flight() <= 2, "{} entries", p.in_flight());
+        // Out-of-order acks in the middle merge too.
+        let (a, b, c) = (p.begin(), p.begin(), p.begin());
+        for (t, end) in [(a, 20_000), (b, 20_001), (c, 20_002)] {
+            p.add(t, 1);
+            p.commit(t, Lsn(end));
+        }
+        assert_eq!(p.ack(c), Ok(()));
+        assert_eq!(p.ack(a), Ok(()));
+        assert_eq!(p.ack(b), Ok(()));
+        assert!(p.in_flight() <= 2, "{} entries", p.in_flight());
+        assert_eq!(p.confirmed(), Lsn::ZERO);
+        assert_eq!(p.ack(stuck), Ok(()));
+        assert_eq!(p.confirmed(), Lsn(20_002));
+        assert_eq!(p.in_flight(), 0);
     }
 
     #[test]
