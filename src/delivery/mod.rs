@@ -30,6 +30,9 @@ pub mod sign;
 
 mod batch;
 mod client;
+mod connection;
+#[cfg(test)]
+mod connection_tests;
 mod lane;
 
 use std::sync::Arc;
@@ -120,13 +123,13 @@ pub enum DeliveryError {
         /// What is wrong.
         what: &'static str,
     },
-    /// The HTTP client could not be built (TLS roots, …).
+    /// The HTTP client could not be built (TLS set-up).
     #[error("trigger {target:?}: cannot build the HTTP client")]
     Client {
         /// Trigger name.
         target: String,
         /// The underlying error.
-        source: reqwest::Error,
+        source: rustls::Error,
     },
 }
 
@@ -164,6 +167,8 @@ impl Dispatcher {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut handles = Vec::with_capacity(targets.len());
+        // One TLS configuration for every target: the roots are parsed once.
+        let mut tls = None;
         for t in targets {
             let bad = |what| DeliveryError::BadSetting {
                 target: t.name.clone(),
@@ -188,13 +193,25 @@ impl Dispatcher {
             if t.retry.max < t.retry.initial {
                 return Err(bad("retry.max must be at least retry.initial"));
             }
+            let tls = match &tls {
+                Some(config) => Arc::clone(config),
+                None => {
+                    let config =
+                        connection::tls_config().map_err(|source| DeliveryError::Client {
+                            target: t.name.clone(),
+                            source,
+                        })?;
+                    tls.insert(config).clone()
+                }
+            };
             let client = client::Client::new(
                 &t.name,
-                t.url.clone(),
+                &t.url,
                 t.method,
                 &t.headers,
                 t.secret.as_deref(),
                 t.timeout,
+                &tls,
             )?;
             let shared = Arc::new(Shared {
                 metrics: TargetMetrics::new(&t.name),
