@@ -6,10 +6,11 @@
 //! - No connection task: hyper's connection future is polled by the lane itself, only while a
 //!   request is in flight ([`drive`]). One task per request instead of two, no cross-task
 //!   wake-ups, and dropping the lane closes its socket.
-//! - A server may close an idle keep-alive connection at any time (RFC 9112 §9.3). Before a
-//!   request the connection is polled once, so a close that already arrived is noticed and
-//!   the connection replaced before anything is written. A close racing the request fails it
-//!   as a transport error, which the lane retries like any other.
+//! - A server may close an idle keep-alive connection at any time (RFC 9112 §9.3). The lane
+//!   polls its idle connection while it waits for work ([`Connection::closed`]), and polls it
+//!   once more before a request, so a close that already arrived is noticed and the
+//!   connection replaced before anything is written. A close racing the request fails it as
+//!   a transport error, which the lane retries like any other.
 //! - The connection is dropped (and made again for the next request) after any error, a
 //!   timeout, a `connection: close` answer, or a body over the drain limit.
 
@@ -186,6 +187,19 @@ impl Connection {
 
     /// Drops the connection; the next request makes a new one.
     pub fn close(&mut self) {
+        self.live = None;
+    }
+
+    /// Resolves when an idle connection ends (the server closed it, or sent something
+    /// unexpected), and drops it; never resolves without one. Polling it while the lane waits
+    /// for work closes our side of the socket at once instead of at the next request.
+    pub async fn closed(&mut self) {
+        let Some(live) = &mut self.live else {
+            return std::future::pending().await;
+        };
+        if let Some(driver) = &mut live.driver {
+            let _ = driver.as_mut().await;
+        }
         self.live = None;
     }
 

@@ -275,6 +275,11 @@ async fn connection_close_and_an_idle_close_are_followed_by_a_new_connection() {
         3,
         "no retries"
     );
+
+    // A lane waiting for work notices the close by itself and lets the socket go.
+    assert!(conn.is_open(), "not polled since the answer");
+    tokio::time::timeout(SECOND, conn.closed()).await.unwrap();
+    assert!(!conn.is_open());
 }
 
 #[tokio::test]

@@ -115,20 +115,23 @@ pub(super) async fn run(
             biased;
             () = stopped(&mut stop) => return,
             n = rx.recv_many(&mut queued, shared.batch) => n,
+            // recv_many is cancel safe: nothing is lost when the server closes meanwhile.
+            () = conn.closed() => continue,
         };
         if n == 0 {
             return;
         }
         let delivered = deliver(&shared, &mut conn, &queued, &mut stop).await;
+        // Gauge and budget first, once per request: whoever sees an ack sees them updated.
+        let weight: usize = queued.iter().map(|q| q.weight as usize).sum();
+        shared.budget.add_permits(weight);
+        shared.metrics.depth.decrement(n as f64);
         if delivered {
             for q in &queued {
                 // A closed ack channel means the daemon is going down; nothing to tell.
                 let _ = shared.acks.send(q.job.txn);
             }
         }
-        let weight: usize = queued.iter().map(|q| q.weight as usize).sum();
-        shared.budget.add_permits(weight);
-        shared.metrics.depth.decrement(n as f64);
         queued.clear();
         if !delivered {
             return; // stopped: the rest is abandoned, unacked

@@ -14,6 +14,11 @@
 //! - Batches (`batch > 1`): a lane takes what is queued, up to `batch`, without waiting, and
 //!   sends `{"events":[…]}` built from the raw bodies; `webhook-id` is
 //!   `{first id}-{count}-{16 hex of SHA-256 over the ids}` (stable for the same members).
+//! - HTTP ([`connection`], [`client`]): each lane keeps one HTTP/1.1 connection (hyper, no
+//!   pool), made on first use and replaced after errors, timeouts and closes; the target's
+//!   `timeout` covers connect, answer and draining the body; redirects are never followed. The
+//!   request target, `host` and fixed headers are built once per target. HTTP/2 is not
+//!   offered (ALPN `http/1.1` only).
 //! - Outcomes ([`outcome`]): 2xx delivered; 3xx (never followed), 408, 429, 5xx and transport
 //!   errors retried with full-jitter backoff ([`retry`]) honouring `Retry-After`; other 4xx
 //!   retried the same way. `on_4xx = "dead"` is not possible yet (no dead-letter table): it
