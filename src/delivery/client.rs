@@ -1,11 +1,21 @@
-//! One target's HTTP side: a pooled client with the fixed headers, and one signed attempt.
+//! One target's HTTP side: the request parts built once (URI, `host`, fixed headers, signer),
+//! and one signed attempt over a lane's [`Connection`].
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use http_body_util::Full;
+use hyper::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName,
+    HeaderValue, RETRY_AFTER, USER_AGENT,
+};
+use hyper::{Method, Request, Uri};
+use rustls::ClientConfig;
 
 use super::DeliveryError;
+use super::connection::{Connection, Endpoint, HttpError};
 use super::outcome::{self, Verdict};
 use super::retry;
 use super::sign::Signer;
@@ -14,6 +24,10 @@ use crate::config::HttpMethod;
 const USER_AGENT_VALUE: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
 /// A response body larger than this is not drained; the connection is dropped instead.
 const DRAIN_LIMIT: usize = 64 * 1024;
+
+static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 /// The result of one attempt.
 #[derive(Debug)]
@@ -24,28 +38,33 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// The server's `Retry-After`, if it sent a valid one.
     pub retry_after: Option<Duration>,
-    /// The transport error, if no answer arrived (URL stripped: it may hold credentials).
-    pub error: Option<reqwest::Error>,
+    /// The transport error, if no answer arrived (it never shows the URL).
+    pub error: Option<HttpError>,
 }
 
-/// A target's HTTP client: connection pool, fixed headers, signer.
+/// A target's request template and signer, shared by its lanes.
 #[derive(Debug)]
 pub struct Client {
-    http: reqwest::Client,
-    url: reqwest::Url,
-    method: reqwest::Method,
+    endpoint: Endpoint,
+    method: Method,
+    /// Origin form (`/path?query`), as HTTP/1.1 sends it to the server itself.
+    uri: Uri,
+    /// `host`, content-type, user-agent, URL credentials and the configured headers.
+    fixed: HeaderMap,
     signer: Option<Signer>,
+    timeout: Duration,
 }
 
 impl Client {
-    /// Builds the client of one target; fails on a bad secret or header.
+    /// Builds the client of one target; fails on a bad secret, header or URL.
     pub fn new(
         target: &str,
-        url: reqwest::Url,
+        url: &reqwest::Url,
         method: HttpMethod,
         headers: &[(String, String)],
         secret: Option<&str>,
         timeout: Duration,
+        tls: &Arc<ClientConfig>,
     ) -> Result<Client, DeliveryError> {
         let signer = secret
             .map(Signer::new)
@@ -53,7 +72,21 @@ impl Client {
             .map_err(|_| DeliveryError::BadSecret {
                 target: target.into(),
             })?;
-        let mut fixed = HeaderMap::new();
+        let bad_url = |what| DeliveryError::BadSetting {
+            target: target.into(),
+            what,
+        };
+        let endpoint = Endpoint::new(url, tls).map_err(|e| bad_url(e.message()))?;
+        let uri = Uri::from_maybe_shared(Bytes::from(origin_form(url)))
+            .map_err(|_| bad_url("url path is not a valid request target"))?;
+        let mut fixed = HeaderMap::with_capacity(headers.len() + 8);
+        // The authority without user info; the port only when it is not the default.
+        let host = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_owned(),
+        };
+        let host = HeaderValue::try_from(host).map_err(|_| bad_url("url host is not valid"))?;
+        fixed.insert(HOST, host);
         fixed.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         fixed.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
         for (name, value) in headers {
@@ -68,80 +101,165 @@ impl Client {
             // A user header replaces a default one of the same name (e.g. content-type).
             fixed.insert(name_h, value_h);
         }
-        let http = reqwest::Client::builder()
-            .default_headers(fixed)
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| DeliveryError::Client {
-                target: target.into(),
-                source: e,
-            })?;
+        // `https://user:pass@host/` means basic auth, and wins over a configured header
+        // (as it did with reqwest, which this client replaced).
+        if let Some(auth) = basic_auth(url) {
+            let mut value = HeaderValue::try_from(auth)
+                .map_err(|_| bad_url("url credentials are not valid"))?;
+            value.set_sensitive(true);
+            fixed.insert(AUTHORIZATION, value);
+        }
         let method = match method {
-            HttpMethod::Post => reqwest::Method::POST,
-            HttpMethod::Put => reqwest::Method::PUT,
-            HttpMethod::Patch => reqwest::Method::PATCH,
+            HttpMethod::Post => Method::POST,
+            HttpMethod::Put => Method::PUT,
+            HttpMethod::Patch => Method::PATCH,
         };
         Ok(Client {
-            http,
-            url,
+            endpoint,
             method,
+            uri,
+            fixed,
             signer,
+            timeout,
         })
     }
 
-    /// Sends one request, signed at send time, and classifies the answer.
-    pub async fn send(&self, id: &str, body: Bytes) -> Attempt {
+    /// Sends one request over `conn`, signed at send time, and classifies the answer. The
+    /// target's timeout covers everything: connecting, the answer and draining its body.
+    pub async fn send(&self, conn: &mut Connection, id: &str, body: Bytes) -> Attempt {
         let now = SystemTime::now();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let request = self.request(id, now, body);
+        let response =
+            match tokio::time::timeout_at(deadline, conn.send(&self.endpoint, request)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => return failed(e),
+                Err(_) => {
+                    conn.close(); // the request may be half written
+                    return failed(HttpError::Timeout(self.timeout));
+                }
+            };
+        let status = response.status().as_u16();
+        let verdict = outcome::classify_status(status);
+        let retry_after = match verdict {
+            Verdict::Delivered => None,
+            _ => response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry::parse_retry_after(v, now)),
+        };
+        let close = wants_close(response.headers());
+        // Drain the (small) body so the connection can carry the next request. A failure
+        // here does not change the verdict: the status was already received.
+        let drained =
+            tokio::time::timeout_at(deadline, conn.drain(response.into_body(), DRAIN_LIMIT))
+                .await
+                .unwrap_or(false);
+        if close || !drained {
+            conn.close();
+        }
+        Attempt {
+            verdict,
+            status: Some(status),
+            retry_after,
+            error: None,
+        }
+    }
+
+    /// The request: the fixed parts plus id, timestamp, signature and length.
+    fn request(&self, id: &str, now: SystemTime, body: Bytes) -> Request<Full<Bytes>> {
         let timestamp = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
             .to_string();
         let id = header_safe(id);
-        let mut request = self.http.request(self.method.clone(), self.url.clone());
-        if let Some(signer) = &self.signer {
-            request = request.header("webhook-signature", signer.sign(&id, &timestamp, &body));
+        let mut headers = HeaderMap::with_capacity(self.fixed.len() + 4);
+        for (name, value) in &self.fixed {
+            headers.insert(name.clone(), value.clone());
         }
-        let request = request
-            .header("webhook-id", id.into_owned())
-            .header("webhook-timestamp", timestamp);
-        match request.body(body).send().await {
-            Err(e) => Attempt {
-                verdict: outcome::classify_error(&e),
-                status: None,
-                retry_after: None,
-                error: Some(e.without_url()),
-            },
-            Ok(mut response) => {
-                let status = response.status().as_u16();
-                let verdict = outcome::classify_status(status);
-                let retry_after = match verdict {
-                    Verdict::Delivered => None,
-                    _ => response
-                        .headers()
-                        .get(RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| retry::parse_retry_after(v, now)),
-                };
-                // Read the (small) body so the connection goes back to the pool. An error
-                // here does not change the verdict: the status was already received.
-                let mut read = 0;
-                while read <= DRAIN_LIMIT {
-                    match response.chunk().await {
-                        Ok(Some(chunk)) => read += chunk.len(),
-                        _ => break,
-                    }
-                }
-                Attempt {
-                    verdict,
-                    status: Some(status),
-                    retry_after,
-                    error: None,
-                }
+        if let Some(signer) = &self.signer {
+            let signature = signer.sign(&id, &timestamp, &body);
+            if let Ok(v) = HeaderValue::try_from(signature) {
+                headers.insert(WEBHOOK_SIGNATURE.clone(), v);
             }
         }
+        // header_safe made the id visible ASCII, so these conversions cannot fail.
+        if let Ok(v) = HeaderValue::try_from(id.into_owned()) {
+            headers.insert(WEBHOOK_ID.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::try_from(timestamp) {
+            headers.insert(WEBHOOK_TIMESTAMP.clone(), v);
+        }
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = headers;
+        request
     }
+}
+
+fn failed(error: HttpError) -> Attempt {
+    Attempt {
+        verdict: outcome::classify_error(&error),
+        status: None,
+        retry_after: None,
+        error: Some(error),
+    }
+}
+
+/// `connection: close` (a token of the header, any case): the server will close after this.
+fn wants_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("close"))
+}
+
+/// `/path?query` of `url` (the fragment is never sent).
+fn origin_form(url: &reqwest::Url) -> String {
+    let mut out = url.path().to_owned();
+    if let Some(query) = url.query() {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// `Basic base64(user:password)` from the URL's user info (percent-decoded), if any.
+fn basic_auth(url: &reqwest::Url) -> Option<String> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let mut credentials = percent_decode(url.username());
+    credentials.push(b':');
+    credentials.extend(percent_decode(url.password().unwrap_or("")));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    Some(format!("Basic {encoded}"))
+}
+
+/// `%XX` → the byte; anything else (including a malformed escape) is kept as is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                // Two hex digits are at most 255.
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'%'));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Header values must be visible ASCII; event ids are, but never let one stall a lane.
@@ -158,6 +276,7 @@ fn header_safe(id: &str) -> std::borrow::Cow<'_, str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -173,5 +292,60 @@ mod tests {
             USER_AGENT_VALUE,
             format!("walhook/{}", env!("CARGO_PKG_VERSION"))
         );
+    }
+
+    #[test]
+    fn url_credentials_become_basic_auth() {
+        let url = reqwest::Url::parse("https://us%40r:p%3Ass@example.com/x").unwrap();
+        let want = base64::engine::general_purpose::STANDARD.encode("us@r:p:ss");
+        assert_eq!(basic_auth(&url), Some(format!("Basic {want}")));
+        let plain = reqwest::Url::parse("https://example.com/x").unwrap();
+        assert_eq!(basic_auth(&plain), None);
+        assert_eq!(percent_decode("a%2"), b"a%2");
+        assert_eq!(percent_decode("%zz%41"), b"%zzA");
+    }
+
+    #[test]
+    fn request_target_and_host_come_from_the_url() {
+        let url = reqwest::Url::parse("http://u:p@127.0.0.1:8080/a/b?x=1#frag").unwrap();
+        assert_eq!(origin_form(&url), "/a/b?x=1");
+        let tls = super::super::connection::tls_config().unwrap();
+        let c = Client::new(
+            "t",
+            &url,
+            HttpMethod::Post,
+            &[],
+            None,
+            Duration::from_secs(1),
+            &tls,
+        )
+        .unwrap();
+        let req = c.request("evt_1", SystemTime::now(), Bytes::from_static(b"{}"));
+        assert_eq!(req.uri(), "/a/b?x=1");
+        assert_eq!(req.headers()[HOST], "127.0.0.1:8080");
+        assert_eq!(req.headers()[CONTENT_LENGTH], "2");
+        assert_eq!(req.headers()["webhook-id"], "evt_1");
+        assert!(req.headers()[AUTHORIZATION].is_sensitive());
+        let default_port = reqwest::Url::parse("https://[::1]:443/").unwrap();
+        let c = Client::new(
+            "t",
+            &default_port,
+            HttpMethod::Post,
+            &[("Host".into(), "override".into())],
+            None,
+            Duration::from_secs(1),
+            &tls,
+        )
+        .unwrap();
+        assert_eq!(c.fixed[HOST], "override", "a configured header wins");
+        assert_eq!(c.uri, "/");
+    }
+
+    #[test]
+    fn connection_close_is_a_token() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_close(&h));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Close"));
+        assert!(wants_close(&h));
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use super::Job;
 use super::batch;
 use super::client::{Attempt, Client};
+use super::connection::Connection;
 use super::outcome::Verdict;
 use super::retry::{self, Hint};
 use crate::config::{On4xx, RetrySettings};
@@ -106,26 +107,31 @@ pub(super) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut queued = Vec::with_capacity(shared.batch);
+    // The lane's own keep-alive connection: one request at a time needs no pool.
+    let mut conn = Connection::new();
     loop {
         // recv_many takes whatever is ready (up to `batch`) without waiting for more.
         let n = tokio::select! {
             biased;
             () = stopped(&mut stop) => return,
             n = rx.recv_many(&mut queued, shared.batch) => n,
+            // recv_many is cancel safe: nothing is lost when the server closes meanwhile.
+            () = conn.closed() => continue,
         };
         if n == 0 {
             return;
         }
-        let delivered = deliver(&shared, &queued, &mut stop).await;
+        let delivered = deliver(&shared, &mut conn, &queued, &mut stop).await;
+        // Gauge and budget first, once per request: whoever sees an ack sees them updated.
+        let weight: usize = queued.iter().map(|q| q.weight as usize).sum();
+        shared.budget.add_permits(weight);
+        shared.metrics.depth.decrement(n as f64);
         if delivered {
             for q in &queued {
                 // A closed ack channel means the daemon is going down; nothing to tell.
                 let _ = shared.acks.send(q.job.txn);
             }
         }
-        let weight: usize = queued.iter().map(|q| q.weight as usize).sum();
-        shared.budget.add_permits(weight);
-        shared.metrics.depth.decrement(n as f64);
         queued.clear();
         if !delivered {
             return; // stopped: the rest is abandoned, unacked
@@ -134,7 +140,12 @@ pub(super) async fn run(
 }
 
 /// Retries one request until a 2xx (true) or until the dispatcher stops (false).
-async fn deliver(shared: &Shared, queued: &[Queued], stop: &mut watch::Receiver<bool>) -> bool {
+async fn deliver(
+    shared: &Shared,
+    conn: &mut Connection,
+    queued: &[Queued],
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
     let (id, body) = batch::request(queued.iter().map(|q| &q.job), shared.batch);
     let events = queued.len() as u64;
     if shared.gone.load(AtomicOrdering::Acquire) && !paused(shared, stop).await {
@@ -148,7 +159,7 @@ async fn deliver(shared: &Shared, queued: &[Queued], stop: &mut watch::Receiver<
         }
         attempt = attempt.saturating_add(1);
         let started = Instant::now();
-        let result = shared.client.send(&id, body.clone()).await;
+        let result = shared.client.send(conn, &id, body.clone()).await;
         shared.metrics.seconds.record(started.elapsed());
         shared.metrics.outcomes[result.verdict.index()].increment(events);
         let hint = match result.verdict {
@@ -203,7 +214,10 @@ fn log_failure(shared: &Shared, id: &str, attempt: u32, result: &Attempt, wait: 
     let Some(suppressed) = shared.warn_throttle.allow() else {
         return;
     };
-    let error = result.error.as_ref().map(error_chain);
+    let error = result
+        .error
+        .as_ref()
+        .map(|e| error_chain(e as &dyn std::error::Error));
     tracing::warn!(
         trigger = %shared.name,
         webhook_id = %id,
@@ -217,10 +231,11 @@ fn log_failure(shared: &Shared, id: &str, attempt: u32, result: &Attempt, wait: 
     );
 }
 
-/// "error sending request: connection refused" rather than only the outermost message.
-fn error_chain(err: &reqwest::Error) -> String {
+/// "cannot connect to 127.0.0.1:9: Connection refused (os error 111)" rather than only the
+/// outermost message.
+fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
-    let mut source = std::error::Error::source(err);
+    let mut source = err.source();
     while let Some(e) = source {
         out.push_str(": ");
         out.push_str(&e.to_string());

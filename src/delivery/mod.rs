@@ -14,6 +14,11 @@
 //! - Batches (`batch > 1`): a lane takes what is queued, up to `batch`, without waiting, and
 //!   sends `{"events":[…]}` built from the raw bodies; `webhook-id` is
 //!   `{first id}-{count}-{16 hex of SHA-256 over the ids}` (stable for the same members).
+//! - HTTP ([`connection`], [`client`]): each lane keeps one HTTP/1.1 connection (hyper, no
+//!   pool), made on first use and replaced after errors, timeouts and closes; the target's
+//!   `timeout` covers connect, answer and draining the body; redirects are never followed. The
+//!   request target, `host` and fixed headers are built once per target. HTTP/2 is not
+//!   offered (ALPN `http/1.1` only).
 //! - Outcomes ([`outcome`]): 2xx delivered; 3xx (never followed), 408, 429, 5xx and transport
 //!   errors retried with full-jitter backoff ([`retry`]) honouring `Retry-After`; other 4xx
 //!   retried the same way. `on_4xx = "dead"` is not possible yet (no dead-letter table): it
@@ -30,6 +35,9 @@ pub mod sign;
 
 mod batch;
 mod client;
+mod connection;
+#[cfg(test)]
+mod connection_tests;
 mod lane;
 
 use std::sync::Arc;
@@ -120,13 +128,13 @@ pub enum DeliveryError {
         /// What is wrong.
         what: &'static str,
     },
-    /// The HTTP client could not be built (TLS roots, …).
+    /// The HTTP client could not be built (TLS set-up).
     #[error("trigger {target:?}: cannot build the HTTP client")]
     Client {
         /// Trigger name.
         target: String,
         /// The underlying error.
-        source: reqwest::Error,
+        source: rustls::Error,
     },
 }
 
@@ -164,6 +172,8 @@ impl Dispatcher {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut handles = Vec::with_capacity(targets.len());
+        // One TLS configuration for every target: the roots are parsed once.
+        let mut tls = None;
         for t in targets {
             let bad = |what| DeliveryError::BadSetting {
                 target: t.name.clone(),
@@ -188,13 +198,25 @@ impl Dispatcher {
             if t.retry.max < t.retry.initial {
                 return Err(bad("retry.max must be at least retry.initial"));
             }
+            let tls = match &tls {
+                Some(config) => Arc::clone(config),
+                None => {
+                    let config =
+                        connection::tls_config().map_err(|source| DeliveryError::Client {
+                            target: t.name.clone(),
+                            source,
+                        })?;
+                    tls.insert(config).clone()
+                }
+            };
             let client = client::Client::new(
                 &t.name,
-                t.url.clone(),
+                &t.url,
                 t.method,
                 &t.headers,
                 t.secret.as_deref(),
                 t.timeout,
+                &tls,
             )?;
             let shared = Arc::new(Shared {
                 metrics: TargetMetrics::new(&t.name),

@@ -1,6 +1,8 @@
 //! What one HTTP attempt means for delivery: the single place where statuses and transport
 //! errors are classified as delivered, retryable, rejected or gone (DESIGN.md "HTTP").
 
+use super::connection::HttpError;
+
 /// The classification of one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -101,13 +103,12 @@ pub fn classify_status(status: u16) -> Verdict {
 }
 
 /// Classifies a transport error (no status received).
-pub fn classify_error(err: &reqwest::Error) -> Verdict {
-    if err.is_timeout() {
-        Verdict::Retry(Reason::Timeout)
-    } else if err.is_connect() {
-        Verdict::Retry(Reason::Connect)
-    } else {
-        Verdict::Retry(Reason::Transport)
+pub fn classify_error(err: &HttpError) -> Verdict {
+    match err {
+        HttpError::Timeout(_) => Verdict::Retry(Reason::Timeout),
+        // A certificate the receiver's operator must fix still heals on retry once fixed.
+        HttpError::Connect { .. } | HttpError::Tls { .. } => Verdict::Retry(Reason::Connect),
+        HttpError::Http(_) => Verdict::Retry(Reason::Transport),
     }
 }
 
@@ -134,6 +135,23 @@ mod tests {
         }
         assert_eq!(classify_status(100), Verdict::Retry(Reason::Transport));
         assert_eq!(classify_status(600), Verdict::Retry(Reason::Transport));
+    }
+
+    #[test]
+    fn transport_errors_are_retried() {
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let refused = HttpError::Connect {
+            addr: "127.0.0.1:9".into(),
+            source: io(),
+        };
+        assert_eq!(classify_error(&refused), Verdict::Retry(Reason::Connect));
+        let tls = HttpError::Tls {
+            addr: "example.com:443".into(),
+            source: io(),
+        };
+        assert_eq!(classify_error(&tls), Verdict::Retry(Reason::Connect));
+        let timeout = HttpError::Timeout(std::time::Duration::from_secs(1));
+        assert_eq!(classify_error(&timeout), Verdict::Retry(Reason::Timeout));
     }
 
     #[test]
