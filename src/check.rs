@@ -46,6 +46,8 @@ impl fmt::Display for Finding {
 pub struct Report {
     /// The findings.
     pub findings: Vec<Finding>,
+    /// The config file itself is invalid (the database was not checked).
+    pub invalid_config: bool,
 }
 
 impl Report {
@@ -71,6 +73,7 @@ pub async fn check(path: &Path) -> Report {
             for line in e.to_string().lines() {
                 report.push(Severity::Error, line);
             }
+            report.invalid_config = true;
             return report;
         }
     };

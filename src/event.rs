@@ -58,7 +58,7 @@ pub struct Change {
     /// Commit time.
     pub committed_at: PgTimestamp,
     /// Position of this change among its transaction's changes, from 0.
-    pub seq: u32,
+    pub seq: u64,
     /// The row's identity (its replica identity key values as JSON text), used to keep one
     /// row's events in order; `None` when the table has no key.
     pub key: Option<String>,

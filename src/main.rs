@@ -138,14 +138,6 @@ async fn shutdown_signal() {
     }
 }
 
-/// `schema.table` or `table` (public).
-fn parse_table(s: &str) -> (String, String) {
-    match s.split_once('.') {
-        Some((schema, table)) => (schema.to_string(), table.to_string()),
-        None => ("public".to_string(), s.to_string()),
-    }
-}
-
 /// A failure that has already been reported, with the exit code to use.
 #[derive(Debug)]
 struct Exit(u8);
@@ -188,6 +180,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let report = check::check(&arg.path()).await;
             for finding in &report.findings {
                 println!("{finding}");
+            }
+            if report.invalid_config {
+                return Err(Exit(EXIT_CONFIG).into());
             }
             if !report.passed() {
                 return Err(Exit(1).into());
@@ -256,7 +251,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let opts = TailOptions {
                 conninfo,
                 publication,
-                tables: tables.iter().map(|t| parse_table(t)).collect(),
+                tables: tables
+                    .iter()
+                    .map(|t| config::parse_table(t).map_err(|e| anyhow::anyhow!("--table: {e}")))
+                    .collect::<anyhow::Result<_>>()?,
                 slot,
                 endpos,
             };

@@ -31,6 +31,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const STANDBY_POLL: Duration = Duration::from_secs(2);
 
 const SESSION_SHIFT: u32 = 40;
+const TXN_MASK: u64 = (1 << SESSION_SHIFT) - 1;
 
 /// Why the daemon stopped (other than being asked to).
 #[derive(Debug, thiserror::Error)]
@@ -57,28 +58,12 @@ struct Current {
 }
 
 fn tag(session: u64, txn: TxnId) -> u64 {
-    (session << SESSION_SHIFT) | txn
+    (session << SESSION_SHIFT) | (txn & TXN_MASK)
 }
 
-/// Delivery targets, one per trigger, in config order.
-fn targets(config: &Config) -> Vec<Target> {
-    config
-        .triggers
-        .iter()
-        .map(|t| Target {
-            name: t.name.clone(),
-            url: t.url.clone(),
-            method: t.method,
-            headers: t.headers.clone(),
-            secret: t.secret.clone(),
-            timeout: t.timeout,
-            retry: t.retry,
-            concurrency: t.concurrency,
-            ordering: t.ordering,
-            batch: t.batch,
-            on_4xx: t.on_4xx,
-        })
-        .collect()
+/// The session bits of `tag`, comparable with `tagged >> SESSION_SHIFT`.
+fn session_bits(session: u64) -> u64 {
+    session & (u64::MAX >> SESSION_SHIFT)
 }
 
 /// Which lane of its target an event goes to: equal keys keep their order.
@@ -109,7 +94,7 @@ pub async fn run(
     let router = Router::new(&config.triggers)?;
     let orderings: Vec<Ordering> = config.triggers.iter().map(|t| t.ordering).collect();
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let dispatcher = Dispatcher::start(targets(&config), ack_tx)?;
+    let dispatcher = Dispatcher::start(config.triggers.iter().map(Target::from).collect(), ack_tx)?;
     let current = Arc::new(Mutex::new(Current {
         session: 0,
         progress: Progress::new(crate::lsn::Lsn::ZERO),
@@ -119,9 +104,11 @@ pub async fn run(
 
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(500);
-    let mut session = 0u64;
+    // Counts sessions that streamed, so standby polls and failed attempts do not use up the
+    // session bits of the ack tags.
+    let mut session = 1u64;
+    let mut standby = false;
     let (result, open_stream) = loop {
-        session += 1;
         let ctx = Ctx {
             config: &config,
             conninfo: &conninfo,
@@ -136,6 +123,8 @@ pub async fn run(
         if health.is_streaming() {
             // The session had been streaming: this is a fresh failure, retry soon.
             backoff = Duration::from_millis(500);
+            session += 1;
+            standby = false;
         }
         health.set_streaming(false);
         match attempt {
@@ -143,7 +132,12 @@ pub async fn run(
             Err(e) if slot_in_use(&e) => {
                 // One active instance per slot: wait as a hot standby, and take over soon
                 // after the active one goes away.
-                tracing::info!("{e}; waiting as a standby");
+                if !standby {
+                    tracing::info!("{e}; waiting as a standby");
+                    standby = true;
+                } else {
+                    tracing::debug!("{e}; still a standby");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(STANDBY_POLL) => {}
                     _ = &mut stop => break (Ok(()), None),
@@ -181,10 +175,10 @@ pub async fn run(
 async fn apply_acks(mut acks: mpsc::UnboundedReceiver<u64>, current: Arc<Mutex<Current>>) {
     while let Some(tagged) = acks.recv().await {
         let Ok(mut cur) = current.lock() else { return };
-        if tagged >> SESSION_SHIFT != cur.session {
+        if tagged >> SESSION_SHIFT != session_bits(cur.session) {
             continue; // an ack from a previous session: its progress is gone
         }
-        if let Err(e) = cur.progress.ack(tagged & ((1 << SESSION_SHIFT) - 1)) {
+        if let Err(e) = cur.progress.ack(tagged & TXN_MASK) {
             tracing::error!("progress: {e}");
             continue;
         }
@@ -197,7 +191,11 @@ async fn apply_acks(mut acks: mpsc::UnboundedReceiver<u64>, current: Arc<Mutex<C
 
 /// The slot is streaming to another session (55006 object_in_use): wait as a standby.
 fn slot_in_use(e: &SourceError) -> bool {
-    matches!(e, SourceError::Connect(c) if c.code() == Some("55006"))
+    match e {
+        SourceError::SlotActive(_) => true,
+        SourceError::Connect(c) => c.code() == Some("55006"),
+        _ => false,
+    }
 }
 
 /// What one streaming attempt needs.

@@ -45,11 +45,22 @@ pub enum ServerError {
     Recorder(String),
 }
 
-/// Installs the Prometheus recorder for the `metrics` macros; call once per process.
+/// Installs the Prometheus recorder for the `metrics` macros; call once per process, inside
+/// the runtime.
 pub fn install_metrics() -> Result<PrometheusHandle, ServerError> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .install_recorder()
-        .map_err(|e| ServerError::Recorder(e.to_string()))
+        .map_err(|e| ServerError::Recorder(e.to_string()))?;
+    // Histogram samples pile up until drained; rendering drains them, but nobody may scrape.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 #[derive(Clone)]

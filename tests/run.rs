@@ -1032,7 +1032,7 @@ fn bad_config_is_refused_with_file_line_key_and_problem() {
     .unwrap();
     let p = path.to_str().unwrap();
     let (status, stdout, _) = walhook(&["check", "--config", p]);
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(2), "an invalid config file exits 2");
     for needle in [
         format!("{p}:3: source.slott"),
         format!("{p}:8: defaults.timeout"),

@@ -31,6 +31,7 @@ mod reader;
 mod schema;
 mod secret;
 mod table_name;
+pub use table_name::parse_table;
 #[cfg(test)]
 mod tests;
 mod when;

@@ -4,7 +4,7 @@
 pub(super) const MAX_IDENT: usize = 63;
 
 /// `schema.table`, `table` (schema public) or `"My Schema"."Orders"` → (schema, table).
-pub(super) fn parse_table(s: &str) -> Result<(String, String), String> {
+pub fn parse_table(s: &str) -> Result<(String, String), String> {
     let mut parts = Vec::new();
     let mut rest = s.trim();
     loop {

@@ -85,6 +85,24 @@ pub struct Target {
     pub on_4xx: On4xx,
 }
 
+impl From<&crate::config::Trigger> for Target {
+    fn from(t: &crate::config::Trigger) -> Target {
+        Target {
+            name: t.name.clone(),
+            url: t.url.clone(),
+            method: t.method,
+            headers: t.headers.clone(),
+            secret: t.secret.clone(),
+            timeout: t.timeout,
+            retry: t.retry,
+            concurrency: t.concurrency,
+            ordering: t.ordering,
+            batch: t.batch,
+            on_4xx: t.on_4xx,
+        }
+    }
+}
+
 /// One event to deliver.
 #[derive(Debug, Clone)]
 pub struct Job {

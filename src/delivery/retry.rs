@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 pub enum Hint {
     /// Nothing: use exponential backoff.
     None,
-    /// The server sent `Retry-After`; wait that long (capped at `max`).
+    /// The server sent `Retry-After`; wait at least that long (and at least the backoff, so
+    /// `Retry-After: 0` cannot make lanes spin), capped at `max`.
     RetryAfter(Duration),
     /// The target answered 410 Gone: it is paused and probed every `max`.
     Gone,
@@ -21,13 +22,11 @@ pub enum Hint {
 ///
 /// `jitter` is a uniform draw from `[0, 1)`; values outside are clamped.
 pub fn delay(initial: Duration, max: Duration, attempt: u32, hint: Hint, jitter: f64) -> Duration {
+    let backoff = ceiling(initial, max, attempt).mul_f64(jitter.clamp(0.0, 1.0));
     match hint {
-        Hint::RetryAfter(wait) => wait.min(max),
+        Hint::RetryAfter(wait) => wait.max(backoff).min(max),
         Hint::Gone => max,
-        Hint::None => {
-            let ceiling = ceiling(initial, max, attempt);
-            ceiling.mul_f64(jitter.clamp(0.0, 1.0))
-        }
+        Hint::None => backoff,
     }
 }
 
@@ -58,6 +57,24 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn retry_after_zero_still_backs_off() {
+        let (initial, max) = (100 * MS, 10_000 * MS);
+        assert_eq!(
+            delay(initial, max, 4, Hint::RetryAfter(Duration::ZERO), 0.5),
+            400 * MS
+        );
+        // A longer Retry-After wins over the backoff, up to max.
+        assert_eq!(
+            delay(initial, max, 1, Hint::RetryAfter(2_000 * MS), 0.5),
+            2_000 * MS
+        );
+        assert_eq!(
+            delay(initial, max, 1, Hint::RetryAfter(60_000 * MS), 0.5),
+            max
+        );
+    }
 
     #[test]
     fn ceiling_doubles_from_initial_up_to_max() {

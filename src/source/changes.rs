@@ -141,7 +141,7 @@ impl Decoded {
 pub fn insert(
     rel: &CachedRelation,
     txn: &TxnContext,
-    seq: u32,
+    seq: u64,
     new: &Tuple,
 ) -> Result<Change, ChangeError> {
     let new = decode_tuple(rel, new)?;
@@ -164,14 +164,18 @@ pub fn insert(
 pub fn update(
     rel: &CachedRelation,
     txn: &TxnContext,
-    seq: u32,
+    seq: u64,
     old: Option<&OldTuple>,
     new: &Tuple,
 ) -> Result<Change, ChangeError> {
     let mut new = decode_tuple(rel, new)?;
+    // Ordered with the row's earlier events: under its old key when Postgres sent one
+    // (a 'K' tuple means the key changed; a FULL old row carries the old primary key).
+    let mut identity = None;
     let (old_record, changed) = match old {
         Some(OldTuple::Full(t)) => {
             let old = decode_tuple(rel, t)?;
+            identity = old.identity(rel);
             // An unchanged TOAST value is in the full old row: fill it in.
             for (n, o) in new.0.iter_mut().zip(&old.0) {
                 if n.is_none() {
@@ -188,11 +192,15 @@ pub fn update(
                 .collect();
             (Some(old.into_row(rel)), Some(changed))
         }
-        Some(OldTuple::Key(t)) => (Some(decode_tuple(rel, t)?.into_key_row(rel)), None),
+        Some(OldTuple::Key(t)) => {
+            let old = decode_tuple(rel, t)?;
+            identity = old.identity(rel);
+            (Some(old.into_key_row(rel)), None)
+        }
         None => (None, None),
     };
     let unchanged_toast = unsent(rel, &new);
-    let identity = new.identity(rel);
+    let identity = identity.or_else(|| new.identity(rel));
     Ok(change(
         rel,
         txn,
@@ -210,7 +218,7 @@ pub fn update(
 pub fn delete(
     rel: &CachedRelation,
     txn: &TxnContext,
-    seq: u32,
+    seq: u64,
     old: &OldTuple,
 ) -> Result<Change, ChangeError> {
     let decoded = decode_tuple(rel, old.tuple())?;
@@ -245,7 +253,7 @@ fn unsent(rel: &CachedRelation, row: &Decoded) -> Vec<String> {
 fn change(
     rel: &CachedRelation,
     txn: &TxnContext,
-    seq: u32,
+    seq: u64,
     kind: ChangeKind,
     record: Option<Row>,
     old_record: Option<Row>,

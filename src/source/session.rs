@@ -62,6 +62,16 @@ pub async fn open(opts: &SessionOptions) -> Result<ReplicationStream, SourceErro
     let client = conninfo::connect_sql(&opts.conninfo).await?;
     setup::check_wal_level(&client).await?;
     setup::check_replication_role(&client).await?;
+    // A standby must not touch the publication the active instance streams with (its
+    // triggers, and so its tables, may differ during a rolling deploy).
+    if let Slot::Permanent(name) = &opts.slot {
+        if let Some(pid) = setup::slot_state(&client, name)
+            .await?
+            .and_then(|s| s.active_pid)
+        {
+            return Err(SourceError::SlotActive(pid));
+        }
+    }
     match &opts.publish {
         Some(tables) => {
             let change = setup::sync_publication(&client, &opts.publication, tables).await?;

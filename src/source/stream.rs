@@ -77,6 +77,10 @@ pub enum SourceError {
     /// A change arrived outside a transaction.
     #[error("{0} message outside a transaction")]
     OutsideTransaction(&'static str),
+    /// Another session streams from the slot (a second instance, or our previous connection
+    /// not yet gone).
+    #[error("the replication slot is in use by walsender pid {0}")]
+    SlotActive(i32),
     /// The server ended the replication stream.
     #[error("the server ended the replication stream")]
     Ended,
@@ -89,7 +93,7 @@ impl SourceError {
             SourceError::Connect(e) => e.is_transient(),
             SourceError::Relation(e) => e.is_transient(),
             SourceError::Setup(e) => e.is_transient(),
-            SourceError::Ended => true,
+            SourceError::Ended | SourceError::SlotActive(_) => true,
             _ => false,
         }
     }
@@ -137,7 +141,7 @@ pub struct ReplicationStream {
     writer: JoinHandle<Result<ReplicationWriter, ConnectError>>,
     stop_writer: Arc<Notify>,
     txn: Option<TxnContext>,
-    seq: u32,
+    seq: u64,
 }
 
 impl ReplicationStream {
@@ -262,10 +266,10 @@ impl ReplicationStream {
         &mut self,
         relation: u32,
         what: &'static str,
-    ) -> Result<(&crate::source::relations::CachedRelation, TxnContext, u32), SourceError> {
+    ) -> Result<(&crate::source::relations::CachedRelation, TxnContext, u64), SourceError> {
         let txn = self.txn.ok_or(SourceError::OutsideTransaction(what))?;
         let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
+        self.seq += 1;
         let rel = self
             .relations
             .get(relation)
