@@ -240,6 +240,8 @@ async fn stream_once(
         s = setup => s?,
         _ = &mut stop => return Ok(None),
     };
+    // The new session sends again everything queued from an earlier one.
+    ctx.dispatcher.discard_queued();
     ctx.health.set_streaming(true);
     if let Ok(mut cur) = ctx.current.lock() {
         *cur = Current {

@@ -493,6 +493,41 @@ async fn nothing_is_acked_while_the_receiver_is_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discarded_jobs_are_neither_sent_nor_acked() {
+    // After a reconnect the daemon discards what the old session queued (the new session
+    // sends it again); only jobs submitted after the discard may arrive and be acked.
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    }; // connections are refused until the receiver starts
+    let url: reqwest::Url = format!("http://{addr}/hook").parse().unwrap();
+    let mut t = target(url);
+    t.concurrency = 4;
+    let (d, mut rx) = start(t);
+    for i in 0..20 {
+        d.submit(0, job(i)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // heads are retrying now
+    d.discard_queued();
+    for i in 100..110 {
+        d.submit(0, job(i)).await;
+    }
+    let rx_http = receiver_on(TcpListener::bind(addr).await.unwrap(), |_| status(200));
+    let mut got = acks(&mut rx, 10, Duration::from_secs(5)).await;
+    got.sort_unstable();
+    assert_eq!(got, (100..110).collect::<Vec<_>>());
+    assert!(
+        no_more_acks(&mut rx, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    let ids = rx_http.delivered_ids();
+    let want: std::collections::HashSet<String> = (100..110).map(|i| format!("evt_{i}")).collect();
+    assert_eq!(ids, want);
+    d.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_not_followed() {
     let elsewhere = receiver(|_| status(200)).await;
     let location = elsewhere.url().to_string();

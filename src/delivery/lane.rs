@@ -20,6 +20,8 @@ use crate::config::{On4xx, RetrySettings};
 pub(super) struct Queued {
     pub job: Job,
     pub weight: u32,
+    /// The dispatcher's epoch at submit; older than the current one means discarded.
+    pub epoch: u64,
 }
 
 /// What the lanes of one target share.
@@ -32,6 +34,8 @@ pub(super) struct Shared {
     /// Bytes that may sit queued for this target; `submit` waits for permits.
     pub budget: Semaphore,
     pub acks: mpsc::UnboundedSender<u64>,
+    /// The dispatcher's current epoch (see `Dispatcher::discard_queued`).
+    pub epoch: Arc<AtomicU64>,
     pub metrics: TargetMetrics,
     /// Set by a 410 Gone, cleared by the next 2xx.
     pub gone: AtomicBool,
@@ -121,41 +125,86 @@ pub(super) async fn run(
         if n == 0 {
             return;
         }
-        let delivered = deliver(&shared, &mut conn, &queued, &mut stop).await;
+        shared.drop_discarded(&mut queued);
+        if queued.is_empty() {
+            continue;
+        }
+        // Every job left has the current epoch, so the batch is discarded as a whole or not.
+        let outcome = deliver(&shared, &mut conn, &queued, &mut stop).await;
         // Gauge and budget first, once per request: whoever sees an ack sees them updated.
-        let weight: usize = queued.iter().map(|q| q.weight as usize).sum();
-        shared.budget.add_permits(weight);
-        shared.metrics.depth.decrement(n as f64);
-        if delivered {
+        shared.release(&queued);
+        if outcome == Outcome::Delivered {
             for q in &queued {
                 // A closed ack channel means the daemon is going down; nothing to tell.
                 let _ = shared.acks.send(q.job.txn);
             }
         }
         queued.clear();
-        if !delivered {
-            return; // stopped: the rest is abandoned, unacked
+        if outcome == Outcome::Stopped {
+            return; // the rest is abandoned, unacked
         }
     }
 }
 
-/// Retries one request until a 2xx (true) or until the dispatcher stops (false).
+/// How one request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// 2xx: ack its jobs.
+    Delivered,
+    /// The dispatcher stops: abandon everything, unacked.
+    Stopped,
+    /// Its jobs were discarded (a new session sends them again): drop them, unacked.
+    Discarded,
+}
+
+impl Shared {
+    /// Whether any of these jobs was submitted before the last `discard_queued`.
+    fn is_discarded(&self, queued: &[Queued]) -> bool {
+        let current = self.epoch.load(AtomicOrdering::Acquire);
+        queued.iter().any(|q| q.epoch < current)
+    }
+
+    /// Removes (unacked) the jobs submitted before the last `discard_queued`.
+    fn drop_discarded(&self, queued: &mut Vec<Queued>) {
+        let current = self.epoch.load(AtomicOrdering::Acquire);
+        if queued.iter().all(|q| q.epoch >= current) {
+            return;
+        }
+        let (old, keep): (Vec<Queued>, Vec<Queued>) =
+            queued.drain(..).partition(|q| q.epoch < current);
+        self.release(&old);
+        *queued = keep;
+    }
+
+    /// Gives the jobs' byte budget back and takes them off the queue-depth gauge.
+    fn release(&self, jobs: &[Queued]) {
+        let weight: usize = jobs.iter().map(|q| q.weight as usize).sum();
+        self.budget.add_permits(weight);
+        self.metrics.depth.decrement(jobs.len() as f64);
+    }
+}
+
+/// Retries one request until a 2xx, until the dispatcher stops, or until its jobs are
+/// discarded.
 async fn deliver(
     shared: &Shared,
     conn: &mut Connection,
     queued: &[Queued],
     stop: &mut watch::Receiver<bool>,
-) -> bool {
+) -> Outcome {
     let (id, body) = batch::request(queued.iter().map(|q| &q.job), shared.batch);
     let events = queued.len() as u64;
     if shared.gone.load(AtomicOrdering::Acquire) && !paused(shared, stop).await {
-        return false;
+        return Outcome::Stopped;
     }
     let mut attempt: u32 = 0;
     let mut told_no_dead_letter = false;
     loop {
         if is_stopped(stop) {
-            return false;
+            return Outcome::Stopped;
+        }
+        if shared.is_discarded(queued) {
+            return Outcome::Discarded;
         }
         attempt = attempt.saturating_add(1);
         let started = Instant::now();
@@ -168,7 +217,7 @@ async fn deliver(
                     tracing::info!(trigger = %shared.name, "target answers again after 410 Gone; resuming");
                     shared.resumed.notify_waiters();
                 }
-                return true;
+                return Outcome::Delivered;
             }
             Verdict::Gone => {
                 if !shared.gone.swap(true, AtomicOrdering::AcqRel) {
@@ -204,7 +253,7 @@ async fn deliver(
         log_failure(shared, &id, attempt, &result, wait);
         tokio::select! {
             biased;
-            () = stopped(stop) => return false,
+            () = stopped(stop) => return Outcome::Stopped,
             () = tokio::time::sleep(wait) => {}
         }
     }

@@ -41,7 +41,7 @@ mod connection_tests;
 mod lane;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -167,6 +167,8 @@ pub struct Dispatcher {
     targets: Vec<TargetHandle>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Bumped by [`Dispatcher::discard_queued`]; jobs submitted before are dropped.
+    epoch: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -188,6 +190,7 @@ impl Dispatcher {
         }
         describe_metrics();
         let (stop, stop_rx) = watch::channel(false);
+        let epoch = Arc::new(AtomicU64::new(0));
         let mut tasks = JoinSet::new();
         let mut handles = Vec::with_capacity(targets.len());
         // One TLS configuration for every target: the roots are parsed once.
@@ -245,6 +248,7 @@ impl Dispatcher {
                 on_4xx: t.on_4xx,
                 budget: Semaphore::new(TARGET_QUEUE_BYTES),
                 acks: acks.clone(),
+                epoch: epoch.clone(),
                 gone: AtomicBool::new(false),
                 resumed: Notify::new(),
                 warn_throttle: Throttle::new(),
@@ -266,6 +270,7 @@ impl Dispatcher {
             targets: handles,
             stop,
             tasks,
+            epoch,
         })
     }
 
@@ -291,6 +296,7 @@ impl Dispatcher {
             .send(Queued {
                 job,
                 weight: weight_u32,
+                epoch: self.epoch.load(AtomicOrdering::Acquire),
             })
             .await
         {
@@ -298,6 +304,14 @@ impl Dispatcher {
             t.shared.metrics.depth.decrement(1.0);
             tracing::error!(trigger = %t.shared.name, job = %q.job.id, "lane has stopped; the job will not be delivered or acked");
         }
+    }
+
+    /// Drops every job submitted so far that is not on the wire, without acking it: after a
+    /// reconnect the new session sends them all again, so delivering the old copies too would
+    /// only add duplicates and send a row's events out of order (old e1, e2, then new e1, e2).
+    /// A request already in flight finishes; a batch waiting for a retry is dropped.
+    pub fn discard_queued(&self) {
+        self.epoch.fetch_add(1, AtomicOrdering::AcqRel);
     }
 
     /// Stops taking jobs, lets in-flight requests finish within `grace`, then abandons the
