@@ -15,11 +15,6 @@ use walhook::source::setup;
 use walhook::tail::{self, TailOptions};
 use walhook::{check, listen, run};
 
-/// mimalloc rather than glibc malloc: the delivery path allocates many small short-lived
-/// buffers across threads, where glibc spent ~16% of CPU in the benchmark's profile.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for a config file that is invalid (clap uses 2 for bad arguments too).
 const EXIT_CONFIG: u8 = 2;
 
