@@ -54,7 +54,7 @@ use lane::{Queued, Shared, TargetMetrics, Throttle};
 pub use sign::verify;
 
 /// Bytes of queued bodies one target may hold before `submit` waits.
-pub const TARGET_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+pub const TARGET_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Bookkeeping charged per job on top of its body, so tiny jobs are bounded too.
 const JOB_OVERHEAD: usize = 128;
 
