@@ -95,9 +95,13 @@ enum Command {
 }
 
 fn init_tracing(format: &str) {
-    let filter = EnvFilter::try_from_env("WALHOOK_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match std::env::var("WALHOOK_LOG").or_else(|_| std::env::var("RUST_LOG")) {
+        Err(_) => EnvFilter::new("info"),
+        Ok(directives) => EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+            eprintln!("walhook: warning: ignoring the log filter {directives:?} ({e}); using info");
+            EnvFilter::new("info")
+        }),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

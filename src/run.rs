@@ -57,6 +57,16 @@ struct Current {
     confirmer: Option<Confirmer>,
 }
 
+impl Current {
+    /// Hands the confirmed position to the status writer and updates the in-flight gauge.
+    fn publish(&self, in_flight: &metrics::Gauge) {
+        if let Some(c) = &self.confirmer {
+            c.confirm(self.progress.confirmed());
+        }
+        in_flight.set(self.progress.in_flight() as f64);
+    }
+}
+
 fn tag(session: u64, txn: TxnId) -> u64 {
     (session << SESSION_SHIFT) | (txn & TXN_MASK)
 }
@@ -118,6 +128,7 @@ pub async fn run(
             current: &current,
             health,
             session,
+            in_flight: metrics::gauge!("walhook_transactions_in_flight"),
         };
         let attempt = stream_once(ctx, stop.as_mut()).await;
         if health.is_streaming() {
@@ -173,6 +184,7 @@ pub async fn run(
 }
 
 async fn apply_acks(mut acks: mpsc::UnboundedReceiver<u64>, current: Arc<Mutex<Current>>) {
+    let in_flight = metrics::gauge!("walhook_transactions_in_flight");
     while let Some(tagged) = acks.recv().await {
         let Ok(mut cur) = current.lock() else { return };
         if tagged >> SESSION_SHIFT != session_bits(cur.session) {
@@ -182,10 +194,7 @@ async fn apply_acks(mut acks: mpsc::UnboundedReceiver<u64>, current: Arc<Mutex<C
             tracing::error!("progress: {e}");
             continue;
         }
-        let lsn = cur.progress.confirmed();
-        if let Some(c) = &cur.confirmer {
-            c.confirm(lsn);
-        }
+        cur.publish(&in_flight);
     }
 }
 
@@ -208,6 +217,8 @@ struct Ctx<'a> {
     current: &'a Mutex<Current>,
     health: &'a Health,
     session: u64,
+    /// Transactions read and not yet delivered (entries of the progress queue).
+    in_flight: metrics::Gauge,
 }
 
 impl Ctx<'_> {
@@ -215,10 +226,7 @@ impl Ctx<'_> {
     fn progress(&self, f: impl FnOnce(&mut Progress)) {
         if let Ok(mut cur) = self.current.lock() {
             f(&mut cur.progress);
-            let lsn = cur.progress.confirmed();
-            if let Some(c) = &cur.confirmer {
-                c.confirm(lsn);
-            }
+            cur.publish(&self.in_flight);
         }
     }
 }

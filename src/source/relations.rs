@@ -186,7 +186,7 @@ impl RelationCache {
                 oid: rel.id,
                 source,
             })?;
-        let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let names: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
         Ok((0..rel.columns.len())
             .filter(|&i| names.contains(&rel.columns[i].name))
             .collect())

@@ -68,9 +68,20 @@ pub enum SourceError {
     /// A catalog look-up failed.
     #[error(transparent)]
     Relation(#[from] RelationError),
-    /// A row could not be converted.
-    #[error(transparent)]
-    Change(#[from] ChangeError),
+    /// A row could not be converted. walhook stops rather than skip the change; restarting
+    /// meets it again, so the message names where it is.
+    #[error(
+        "cannot convert a change of the transaction committed at {commit_lsn} (xid {xid}): {source}; \
+         walhook stops here rather than skip it"
+    )]
+    Change {
+        /// Commit LSN of the transaction.
+        commit_lsn: Lsn,
+        /// Transaction id.
+        xid: u32,
+        /// What was wrong.
+        source: ChangeError,
+    },
     /// A change named a relation the server never described.
     #[error("change for relation {0} arrived before its Relation message")]
     UnknownRelation(u32),
@@ -107,6 +118,18 @@ struct Status {
     /// Highest position the consumer confirmed.
     confirmed: AtomicU64,
     wake: Notify,
+}
+
+impl TxnContext {
+    /// Wraps a conversion error with where it happened.
+    fn err(&self) -> impl FnOnce(ChangeError) -> SourceError + use<> {
+        let (commit_lsn, xid) = (self.commit_lsn, self.xid);
+        move |source| SourceError::Change {
+            commit_lsn,
+            xid,
+            source,
+        }
+    }
 }
 
 /// Confirms positions of one session from any task (forward-only).
@@ -243,15 +266,17 @@ impl ReplicationStream {
             }
             PgOutput::Insert { relation, new } => {
                 let (rel, txn, seq) = self.change_context(relation, "Insert")?;
-                SourceEvent::Change(changes::insert(rel, &txn, seq, &new)?)
+                SourceEvent::Change(changes::insert(rel, &txn, seq, &new).map_err(txn.err())?)
             }
             PgOutput::Update { relation, old, new } => {
                 let (rel, txn, seq) = self.change_context(relation, "Update")?;
-                SourceEvent::Change(changes::update(rel, &txn, seq, old.as_ref(), &new)?)
+                SourceEvent::Change(
+                    changes::update(rel, &txn, seq, old.as_ref(), &new).map_err(txn.err())?,
+                )
             }
             PgOutput::Delete { relation, old } => {
                 let (rel, txn, seq) = self.change_context(relation, "Delete")?;
-                SourceEvent::Change(changes::delete(rel, &txn, seq, &old)?)
+                SourceEvent::Change(changes::delete(rel, &txn, seq, &old).map_err(txn.err())?)
             }
             // Truncate is not a row event; Type/Origin/Message carry nothing walhook routes.
             PgOutput::Truncate { .. }
@@ -284,7 +309,9 @@ impl ReplicationStream {
             Ok(Ok(mut w)) => {
                 let _ = w.send_copy_done().await;
             }
-            Ok(Err(e)) => tracing::debug!("status writer ended: {e}"),
+            Ok(Err(e)) => tracing::warn!(
+                "the connection failed before the final status update ({e}); the slot keeps its last reported position"
+            ),
             Err(e) => tracing::debug!("status writer task failed: {e}"),
         }
     }
