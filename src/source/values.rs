@@ -463,6 +463,21 @@ impl<'a> ArrayParser<'a> {
         }
     }
 
+    /// Takes the backslash escape at `pos` into `owned`, after the plain text since `run`;
+    /// returns where the next plain run starts.
+    fn escape(&mut self, owned: &mut Option<String>, run: usize) -> Result<usize, ValueError> {
+        let s = owned.get_or_insert_with(String::new);
+        s.push_str(&self.text[run..self.pos]);
+        self.pos += 1;
+        let c = self.text[self.pos..]
+            .chars()
+            .next()
+            .ok_or_else(|| self.error("backslash at end of input"))?;
+        s.push(c);
+        self.pos += c.len_utf8();
+        Ok(self.pos)
+    }
+
     fn error(&self, problem: &str) -> ValueError {
         array_err(problem, self.pos)
     }
@@ -525,18 +540,7 @@ impl<'a> ArrayParser<'a> {
                             }
                         }));
                     }
-                    Some(b'\\') => {
-                        let s = owned.get_or_insert_with(String::new);
-                        s.push_str(&self.text[run..self.pos]);
-                        self.pos += 1;
-                        let c = self.text[self.pos..]
-                            .chars()
-                            .next()
-                            .ok_or_else(|| self.error("backslash at end of input"))?;
-                        s.push(c);
-                        self.pos += c.len_utf8();
-                        run = self.pos;
-                    }
+                    Some(b'\\') => run = self.escape(&mut owned, run)?,
                     Some(_) => self.pos += 1,
                 }
             }
@@ -556,18 +560,9 @@ impl<'a> ArrayParser<'a> {
                     return Err(self.error("unexpected `{` or `\"` in an unquoted element"));
                 }
                 Some(b'\\') => {
-                    let s = owned.get_or_insert_with(String::new);
-                    s.push_str(&self.text[run..self.pos]);
-                    self.pos += 1;
-                    let c = self.text[self.pos..]
-                        .chars()
-                        .next()
-                        .ok_or_else(|| self.error("backslash at end of input"))?;
-                    s.push(c);
-                    self.pos += c.len_utf8();
-                    run = self.pos;
+                    run = self.escape(&mut owned, run)?;
                     end_of_content = self.pos;
-                    owned_len = s.len();
+                    owned_len = owned.as_ref().map_or(0, String::len);
                 }
                 Some(&b) => {
                     self.pos += 1;
