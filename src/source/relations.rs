@@ -204,15 +204,20 @@ impl RelationCache {
 
     /// Resolves a type OID (cached; common built-ins without a query).
     pub async fn resolve_type(&mut self, oid: u32) -> Result<Arc<PgType>, RelationError> {
+        match self.known(oid) {
+            Some(ty) => Ok(ty),
+            None => self.resolve(oid, oid, 0).await,
+        }
+    }
+
+    /// The type from the cache or the built-in table, without a query.
+    fn known(&mut self, oid: u32) -> Option<Arc<PgType>> {
         if let Some(ty) = self.types.get(&oid) {
-            return Ok(ty.clone());
+            return Some(ty.clone());
         }
-        if let Some(ty) = builtin_type(oid) {
-            let ty = Arc::new(ty);
-            self.types.insert(oid, ty.clone());
-            return Ok(ty);
-        }
-        self.resolve(oid, oid, 0).await
+        let ty = Arc::new(builtin_type(oid)?);
+        self.types.insert(oid, ty.clone());
+        Some(ty)
     }
 
     /// Resolves a type OID from the catalog, ignoring the built-in table for `oid` itself
@@ -246,15 +251,10 @@ impl RelationCache {
         outer: u32,
         depth: usize,
     ) -> Result<Arc<PgType>, RelationError> {
-        if let Some(ty) = self.types.get(&oid) {
-            return Ok(ty.clone());
+        match self.known(oid) {
+            Some(ty) => Ok(ty),
+            None => self.resolve(oid, outer, depth + 1).await,
         }
-        if let Some(ty) = builtin_type(oid) {
-            let ty = Arc::new(ty);
-            self.types.insert(oid, ty.clone());
-            return Ok(ty);
-        }
-        self.resolve(oid, outer, depth + 1).await
     }
 
     async fn query_type(
