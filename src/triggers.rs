@@ -109,6 +109,10 @@ struct Compiled {
     warned_filter: AtomicBool,
     /// Set once the first "old values unknown" decision has been logged.
     warned_changed: AtomicBool,
+    /// `walhook_filter_errors_total` for this trigger (registered once, not per event).
+    filter_errors: metrics::Counter,
+    /// `walhook_changed_unknown_total` for this trigger.
+    changed_unknown: metrics::Counter,
 }
 
 fn kind_bit(kind: ChangeKind) -> u8 {
@@ -156,6 +160,8 @@ impl Router {
                 when,
                 warned_filter: AtomicBool::new(false),
                 warned_changed: AtomicBool::new(false),
+                filter_errors: metrics::counter!("walhook_filter_errors_total", "trigger" => t.name.clone()),
+                changed_unknown: metrics::counter!("walhook_changed_unknown_total", "trigger" => t.name.clone()),
             });
         }
         Ok(Router {
@@ -217,8 +223,7 @@ impl Router {
             Some(changed) => t.changed.iter().any(|c| changed.contains(c)),
             None => {
                 // Old values unknown: fire (see the module doc), but say so.
-                metrics::counter!("walhook_changed_unknown_total", "trigger" => t.name.clone())
-                    .increment(1);
+                t.changed_unknown.increment(1);
                 if !t.warned_changed.swap(true, AtomicOrdering::Relaxed) {
                     tracing::warn!(
                         trigger = %t.name,
@@ -239,7 +244,7 @@ impl Router {
             Ok(other) => format!("evaluated to {:?}, not a bool", other.type_of()),
             Err(e) => e.to_string(),
         };
-        metrics::counter!("walhook_filter_errors_total", "trigger" => t.name.clone()).increment(1);
+        t.filter_errors.increment(1);
         if !t.warned_filter.swap(true, AtomicOrdering::Relaxed) {
             tracing::warn!(
                 trigger = %t.name,
