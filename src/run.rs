@@ -1,10 +1,11 @@
 //! `walhook run`: the daemon loop. Source → triggers → delivery, with acks → progress →
 //! the slot's confirmed position.
 //!
-//! Transaction ids handed to delivery carry the session number in their top bits: after a
-//! reconnect, jobs still queued from the old session may be delivered (and redelivered by
-//! the new session, with the same event ids), but their acks cannot move the new session's
-//! progress, which restarts from the slot's confirmed position.
+//! Transaction ids handed to delivery carry the session number in their top bits. After a
+//! reconnect the new session restarts from the slot's confirmed position and sends again
+//! everything not yet confirmed, so what the old session still had queued is discarded; a
+//! request of the old session already on the wire may finish, but its ack cannot move the
+//! new session's progress.
 
 use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
