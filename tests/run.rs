@@ -190,6 +190,39 @@ fn tempdir() -> tempfile::TempDir {
         .expect("tempdir")
 }
 
+/// What most tests start from: database `app` made by a schema, a receiver, a directory.
+struct Scenario {
+    pg: Cluster,
+    db: String,
+    rx: Receiver,
+    dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    fn start(schema: &str) -> Scenario {
+        Scenario::start_with(&[], schema)
+    }
+
+    /// With extra `postgresql.conf` lines.
+    fn start_with(extra_conf: &[&str], schema: &str) -> Scenario {
+        let (pg, db) = Cluster::with_conf_and_app_db(extra_conf, schema);
+        let rx = Receiver::start();
+        let dir = tempdir();
+        Scenario { pg, db, rx, dir }
+    }
+}
+
+/// A `[[trigger]]` block: name, table and url, then `extra` lines as they are.
+fn trigger_toml(name: &str, table: &str, url: &str, extra: &[&str]) -> String {
+    let mut text =
+        format!("[[trigger]]\nname = \"{name}\"\ntable = \"{table}\"\nurl = \"{url}\"\n");
+    for line in extra {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
 // ---------------------------------------------------------------- the slot
 
 fn lsn(text: &str) -> Lsn {
@@ -272,17 +305,12 @@ fn unix_now() -> i64 {
 
 #[test]
 fn events_headers_and_signatures_end_to_end() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(
-        &db,
+    let Scenario { pg, db, rx, dir } = Scenario::start(
         "CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, amount int NOT NULL, note text);
          ALTER TABLE orders REPLICA IDENTITY FULL;
          CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
          ALTER TABLE customers REPLICA IDENTITY FULL;",
     );
-    let rx = Receiver::start();
-    let dir = tempdir();
     let triggers = format!(
         r#"
 [[trigger]]
@@ -570,18 +598,9 @@ fn wait_child(child: &mut Child, what: &str, timeout: Duration) {
 #[test]
 fn sigkill_loses_nothing_and_redelivers_with_the_same_ids() {
     let t0 = Instant::now();
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(
-        &db,
-        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, pad text)",
-    );
-    let rx = Receiver::start();
-    let dir = tempdir();
-    let triggers = format!(
-        "[[trigger]]\nname = \"items\"\ntable = \"items\"\nurl = \"{}\"\nconcurrency = 32\n",
-        rx.url("/items")
-    );
+    let Scenario { pg, db, rx, dir } =
+        Scenario::start("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, pad text)");
+    let triggers = trigger_toml("items", "items", &rx.url("/items"), &["concurrency = 32"]);
     let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
     let mut walhook = Walhook::streaming(&config);
 
@@ -686,15 +705,9 @@ fn delivered_rows(reqs: &[Request]) -> HashSet<i64> {
 
 #[test]
 fn an_outage_holds_the_slot_back_and_loses_nothing() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY, v text)");
-    let rx = Receiver::start();
-    let dir = tempdir();
-    let triggers = format!(
-        "[[trigger]]\nname = \"t\"\ntable = \"t\"\nurl = \"{}\"\nconcurrency = 4\n",
-        rx.url("/t")
-    );
+    let Scenario { pg, db, rx, dir } =
+        Scenario::start("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), &["concurrency = 4"]);
     // retry.max above Retry-After, so the server's 1 s is honoured rather than capped.
     let defaults = "timeout = \"5s\"\nretry = { initial = \"50ms\", max = \"2s\" }";
     let config = write_config(dir.path(), &pg.url(&db), defaults, &triggers);
@@ -786,21 +799,21 @@ fn an_outage_holds_the_slot_back_and_loses_nothing() {
 
 #[test]
 fn row_ordering_keeps_commit_order_under_concurrent_updates() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(
-        &db,
+    let Scenario { pg, db, rx, dir } = Scenario::start(
         "CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL);
          INSERT INTO counters SELECT g, 0 FROM generate_series(1, 20) g;",
     );
-    let rx = Receiver::start();
     // Random answer times, so lanes overtake each other all the time.
     rx.set_delay(Duration::from_millis(6), true);
-    let dir = tempdir();
-    let triggers = format!(
-        "[[trigger]]\nname = \"counters\"\ntable = \"counters\"\nevents = [\"update\"]\n\
-         url = \"{}\"\nconcurrency = 16\nordering = \"row\"\n",
-        rx.url("/c")
+    let triggers = trigger_toml(
+        "counters",
+        "counters",
+        &rx.url("/c"),
+        &[
+            "events = [\"update\"]",
+            "concurrency = 16",
+            "ordering = \"row\"",
+        ],
     );
     let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
     let _walhook = Walhook::streaming(&config);
@@ -852,19 +865,12 @@ fn row_ordering_keeps_commit_order_under_concurrent_updates() {
 
 #[test]
 fn idle_and_unmatched_traffic_still_advance_the_slot() {
-    let pg = Cluster::start_with(&["wal_sender_timeout = 4s"]);
-    let db = pg.create_db("app");
-    pg.psql(
-        &db,
+    let Scenario { pg, db, rx, dir } = Scenario::start_with(
+        &["wal_sender_timeout = 4s"],
         "CREATE TABLE watched (id int PRIMARY KEY);
          CREATE TABLE other (id int PRIMARY KEY, pad text);",
     );
-    let rx = Receiver::start();
-    let dir = tempdir();
-    let triggers = format!(
-        "[[trigger]]\nname = \"watched\"\ntable = \"watched\"\nurl = \"{}\"\n",
-        rx.url("/w")
-    );
+    let triggers = trigger_toml("watched", "watched", &rx.url("/w"), &[]);
     let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
     let _walhook = Walhook::streaming(&config);
     assert_eq!(
@@ -1060,17 +1066,15 @@ fn bad_config_is_refused_with_file_line_key_and_problem() {
 
 #[test]
 fn check_against_the_database_warns_and_fails() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(&db, "CREATE TABLE orders (id int PRIMARY KEY, status text)");
+    let (pg, db) = Cluster::with_app_db("CREATE TABLE orders (id int PRIMARY KEY, status text)");
     let dir = tempdir();
-    let ok = write_config(
-        dir.path(),
-        &pg.url(&db),
-        FAST,
-        "[[trigger]]\nname = \"paid\"\ntable = \"orders\"\nchanged = [\"status\"]\n\
-         url = \"http://127.0.0.1:9/hook\"\n",
+    let triggers = trigger_toml(
+        "paid",
+        "orders",
+        "http://127.0.0.1:9/hook",
+        &["changed = [\"status\"]"],
     );
+    let ok = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
     let (status, stdout, stderr) = walhook(&["check", "--config", ok.to_str().unwrap()]);
     assert!(status.success(), "check failed:\n{stdout}{stderr}");
     let warning = stdout
@@ -1098,12 +1102,8 @@ fn check_against_the_database_warns_and_fails() {
 
     let sub = dir.path().join("missing");
     std::fs::create_dir(&sub).unwrap();
-    let bad = write_config(
-        &sub,
-        &pg.url(&db),
-        FAST,
-        "[[trigger]]\nname = \"gone\"\ntable = \"missing\"\nurl = \"http://127.0.0.1:9/hook\"\n",
-    );
+    let triggers = trigger_toml("gone", "missing", "http://127.0.0.1:9/hook", &[]);
+    let bad = write_config(&sub, &pg.url(&db), FAST, &triggers);
     let (status, stdout, stderr) = walhook(&["check", "--config", bad.to_str().unwrap()]);
     assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
     assert!(
@@ -1116,16 +1116,9 @@ fn check_against_the_database_warns_and_fails() {
 
 #[test]
 fn sigterm_finishes_in_flight_requests_and_a_restart_resends_the_rest() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
-    let rx = Receiver::start();
+    let Scenario { pg, db, rx, dir } = Scenario::start("CREATE TABLE t (id int PRIMARY KEY)");
     rx.set_delay(Duration::from_millis(1500), false);
-    let dir = tempdir();
-    let triggers = format!(
-        "[[trigger]]\nname = \"t\"\ntable = \"t\"\nurl = \"{}\"\nconcurrency = 4\n",
-        rx.url("/t")
-    );
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), &["concurrency = 4"]);
     let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
     let mut walhook = Walhook::streaming(&config);
     let start = slot_confirmed(&pg, &db).unwrap();
@@ -1222,15 +1215,16 @@ fn sigterm_finishes_in_flight_requests_and_a_restart_resends_the_rest() {
 fn walhook_reconnects_after_postgres_crashes() {
     // Once a backlog is delivered, the slot reaches the WAL end at the next keepalive that
     // asks for a reply (every wal_sender_timeout / 2): keep that wait short.
-    let mut pg = Cluster::start_with(&["wal_sender_timeout = 10s"]);
-    let db = pg.create_db("app");
-    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
-    let rx = Receiver::start();
-    let dir = tempdir();
-    let triggers = format!(
-        "[[trigger]]\nname = \"t\"\ntable = \"t\"\nurl = \"{}\"\n",
-        rx.url("/t")
+    let Scenario {
+        mut pg,
+        db,
+        rx,
+        dir,
+    } = Scenario::start_with(
+        &["wal_sender_timeout = 10s"],
+        "CREATE TABLE t (id int PRIMARY KEY)",
     );
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), &[]);
     let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
     let mut walhook = Walhook::streaming(&config);
     pg.psql(&db, "INSERT INTO t VALUES (1)");
@@ -1301,17 +1295,10 @@ fn walhook_reconnects_after_postgres_crashes() {
 
 #[test]
 fn sigterm_with_a_hung_target_exits_after_the_grace_and_confirms_nothing_undelivered() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
-    let rx = Receiver::start();
+    let Scenario { pg, db, rx, dir } = Scenario::start("CREATE TABLE t (id int PRIMARY KEY)");
     // Longer than the grace and than the request timeout below: nothing ever gets a 2xx.
     rx.set_delay(Duration::from_secs(60), false);
-    let dir = tempdir();
-    let triggers = format!(
-        "[[trigger]]\nname = \"t\"\ntable = \"t\"\nurl = \"{}\"\nconcurrency = 2\n",
-        rx.url("/t")
-    );
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), &["concurrency = 2"]);
     let defaults = "timeout = \"30s\"\nretry = { initial = \"50ms\", max = \"500ms\" }";
     let config = write_config(dir.path(), &pg.url(&db), defaults, &triggers);
     let mut walhook = Walhook::streaming(&config);
@@ -1359,15 +1346,8 @@ fn sigterm_with_a_hung_target_exits_after_the_grace_and_confirms_nothing_undeliv
 
 #[test]
 fn a_second_instance_waits_as_a_standby_and_takes_over() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
-    let rx = Receiver::start();
-    let dir = tempdir();
-    let triggers = format!(
-        "[[trigger]]\nname = \"t\"\ntable = \"t\"\nurl = \"{}\"\n",
-        rx.url("/t")
-    );
+    let Scenario { pg, db, rx, dir } = Scenario::start("CREATE TABLE t (id int PRIMARY KEY)");
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), &[]);
     let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
     let active = Walhook::streaming(&config);
     let standby = Walhook::start(&config);
@@ -1394,19 +1374,11 @@ fn a_second_instance_waits_as_a_standby_and_takes_over() {
 
 #[test]
 fn losing_the_catalog_connection_reconnects_and_delivers() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
     // FULL: the first change of the table makes walhook look its key up in the catalog.
-    pg.psql(
-        &db,
+    let Scenario { pg, db, rx, dir } = Scenario::start(
         "CREATE TABLE t (id int PRIMARY KEY, v text); ALTER TABLE t REPLICA IDENTITY FULL;",
     );
-    let rx = Receiver::start();
-    let dir = tempdir();
-    let triggers = format!(
-        "[[trigger]]\nname = \"t\"\ntable = \"t\"\nurl = \"{}\"\n",
-        rx.url("/t")
-    );
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), &[]);
     let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
     let walhook = Walhook::streaming(&config);
     // walhook's only plain (non-replication) connection now is its catalog connection.
@@ -1428,20 +1400,12 @@ fn losing_the_catalog_connection_reconnects_and_delivers() {
 
 #[test]
 fn a_partitioned_table_is_delivered_under_its_own_name() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(
-        &db,
+    let Scenario { pg, db, rx, dir } = Scenario::start(
         "CREATE TABLE events (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
          CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
          CREATE TABLE events_2027 PARTITION OF events FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');",
     );
-    let rx = Receiver::start();
-    let dir = tempdir();
-    let triggers = format!(
-        "[[trigger]]\nname = \"events\"\ntable = \"events\"\nurl = \"{}\"\n",
-        rx.url("/events")
-    );
+    let triggers = trigger_toml("events", "events", &rx.url("/events"), &[]);
     let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
     let _walhook = Walhook::streaming(&config);
     pg.psql(
@@ -1465,19 +1429,10 @@ fn a_partitioned_table_is_delivered_under_its_own_name() {
 
 #[test]
 fn a_table_without_replica_identity_is_refused_before_it_breaks_the_app() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(
-        &db,
-        "CREATE TABLE nokey (v int); INSERT INTO nokey VALUES (1)",
-    );
+    let (pg, db) = Cluster::with_app_db("CREATE TABLE nokey (v int); INSERT INTO nokey VALUES (1)");
     let dir = tempdir();
-    let config = write_config(
-        dir.path(),
-        &pg.url(&db),
-        FAST,
-        "[[trigger]]\nname = \"nokey\"\ntable = \"nokey\"\nurl = \"http://127.0.0.1:9/hook\"\n",
-    );
+    let triggers = trigger_toml("nokey", "nokey", "http://127.0.0.1:9/hook", &[]);
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
     let path = config.to_str().unwrap();
     let (status, stdout, _) = walhook(&["check", "--config", path]);
     assert_eq!(status.code(), Some(1), "{stdout}");

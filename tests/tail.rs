@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -18,9 +18,25 @@ struct Tail {
     lines: mpsc::Receiver<String>,
 }
 
+/// `walhook tail --database-url URL`, its other arguments still to add.
+fn tail_command(url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_walhook"));
+    command.args(["tail", "--database-url", url]);
+    command
+}
+
+/// Runs `walhook tail --database-url URL ARGS` to completion.
+fn run_tail(url: &str, args: &[&str]) -> Output {
+    tail_command(url)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run walhook tail")
+}
+
 fn spawn_tail(url: &str, publication: &str, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(["tail", "--database-url", url, "--publication", publication])
+    tail_command(url)
+        .args(["--publication", publication])
         .args(extra)
         .env("WALHOOK_LOG", "info")
         .stdin(Stdio::null())
@@ -114,10 +130,7 @@ fn wait_for_no_slots(pg: &Cluster, db: &str) {
 
 #[test]
 fn tail_prints_creates_updates_deletes_and_leaves_nothing_behind() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(
-        &db,
+    let (pg, db) = Cluster::with_app_db(
         "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2));
          CREATE TABLE audit (id int PRIMARY KEY, body text);
          ALTER TABLE audit REPLICA IDENTITY FULL;
@@ -204,10 +217,7 @@ fn tail_error(url: &str, publication: &str) -> String {
 
 #[test]
 fn tail_start_up_errors_are_one_clear_line() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(
-        &db,
+    let (pg, db) = Cluster::with_app_db(
         "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t;",
     );
 
@@ -249,10 +259,7 @@ fn tail_refuses_a_server_without_logical_wal() {
 
 #[test]
 fn unchanged_toast_columns_are_named_not_faked() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(
-        &db,
+    let (pg, db) = Cluster::with_app_db(
         "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
          ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
          CREATE TABLE docs_full (id int PRIMARY KEY, title text, body text);
@@ -426,16 +433,12 @@ const WIDE_COLUMNS: &[(&str, &[&str])] = &[
 
 #[test]
 fn every_type_matches_to_jsonb() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
     let columns: Vec<String> = WIDE_COLUMNS
         .iter()
         .map(|(name, spec)| format!("{name} {}", spec[0]))
         .collect();
-    pg.psql(
-        &db,
-        &format!(
-            "CREATE TYPE mood AS ENUM ('sad', 'happy');
+    let (pg, db) = Cluster::with_app_db(&format!(
+        "CREATE TYPE mood AS ENUM ('sad', 'happy');
              CREATE DOMAIN posint AS int CHECK (VALUE > 0);
              CREATE DOMAIN email AS text;
              CREATE TYPE inner_t AS (d date, b bool);
@@ -443,9 +446,8 @@ fn every_type_matches_to_jsonb() {
              CREATE TABLE wide (id int PRIMARY KEY, {});
              ALTER TABLE wide REPLICA IDENTITY FULL;
              CREATE PUBLICATION pub FOR TABLE wide;",
-            columns.join(", ")
-        ),
-    );
+        columns.join(", ")
+    ));
     let tail = Tail::start(&pg.url(&db), "pub", &[]);
     let names: Vec<&str> = WIDE_COLUMNS.iter().map(|(n, _)| *n).collect();
     for (row, sample) in [1usize, 2].iter().enumerate() {
@@ -536,35 +538,28 @@ fn numbers_as_text(v: &Value) -> Value {
 
 #[test]
 fn tail_reads_an_existing_slot_up_to_endpos_without_moving_it() {
-    let pg = Cluster::start();
-    let db = pg.create_db("app");
-    pg.psql(
-        &db,
+    let (pg, db) = Cluster::with_app_db(
         "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t",
     );
     pg.psql(
         &db,
         "SELECT pg_create_logical_replication_slot('backlog', 'pgoutput')",
     );
-    let before = pg.psql(
-        &db,
-        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'backlog'",
-    );
+    let before = backlog_confirmed(&pg, &db);
     pg.psql(&db, "INSERT INTO t SELECT generate_series(1, 500)");
     let end = pg.psql(&db, "SELECT pg_current_wal_lsn()");
     pg.psql(&db, "INSERT INTO t VALUES (1000)");
-    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args([
-            "tail",
-            "--database-url",
-            &pg.url(&db),
+    let out = run_tail(
+        &pg.url(&db),
+        &[
             "--publication",
             "pub",
-        ])
-        .args(["--slot", "backlog", "--endpos", &end])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run walhook tail");
+            "--slot",
+            "backlog",
+            "--endpos",
+            &end,
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -580,10 +575,7 @@ fn tail_reads_an_existing_slot_up_to_endpos_without_moving_it() {
         .collect();
     // Exactly the backlog up to endpos, in order; the later insert is past it.
     assert_eq!(ids, (1..=500).collect::<Vec<_>>());
-    let after = pg.psql(
-        &db,
-        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'backlog'",
-    );
+    let after = backlog_confirmed(&pg, &db);
     assert_eq!(before, after, "tail --slot must not move the slot");
     let err = tail_error_with(&pg.url(&db), &["--publication", "pub", "--slot", "nope"]);
     assert!(
@@ -592,13 +584,16 @@ fn tail_reads_an_existing_slot_up_to_endpos_without_moving_it() {
     );
 }
 
+/// The `backlog` slot's confirmed_flush_lsn, as psql prints it.
+fn backlog_confirmed(pg: &Cluster, db: &str) -> String {
+    pg.psql(
+        db,
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'backlog'",
+    )
+}
+
 fn tail_error_with(url: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .args(["tail", "--database-url", url])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run walhook tail");
+    let out = run_tail(url, args);
     assert!(!out.status.success(), "tail should fail");
     String::from_utf8_lossy(&out.stderr).trim().to_string()
 }

@@ -402,6 +402,19 @@ impl Cluster {
         name.to_string()
     }
 
+    /// Starts a cluster holding database `app` made by `schema`; returns both.
+    pub fn with_app_db(schema: &str) -> (Cluster, String) {
+        Cluster::with_conf_and_app_db(&[], schema)
+    }
+
+    /// `with_app_db` with extra `postgresql.conf` lines.
+    pub fn with_conf_and_app_db(extra_conf: &[&str], schema: &str) -> (Cluster, String) {
+        let pg = Cluster::start_with(extra_conf);
+        let db = pg.create_db("app");
+        pg.psql(&db, schema);
+        (pg, db)
+    }
+
     /// The server's major version.
     pub fn major(&self) -> u32 {
         self.psql("postgres", "SHOW server_version_num")
