@@ -380,14 +380,9 @@ impl Reader {
     }
 }
 
-/// Decodes one pgoutput message (the data of one XLogData).
-pub fn decode(data: Bytes) -> Result<PgOutput, DecodeError> {
-    let mut r = Reader {
-        buf: data,
-        message: "empty",
-    };
-    let tag = r.u8("message type")?;
-    r.message = match tag {
+/// The name of the message a tag byte starts, as error messages call it.
+pub(crate) fn message_name(tag: u8) -> Option<&'static str> {
+    Some(match tag {
         b'B' => "Begin",
         b'C' => "Commit",
         b'O' => "Origin",
@@ -398,8 +393,18 @@ pub fn decode(data: Bytes) -> Result<PgOutput, DecodeError> {
         b'D' => "Delete",
         b'T' => "Truncate",
         b'M' => "Message",
-        other => return Err(DecodeError::UnknownMessage(char::from(other))),
+        _ => return None,
+    })
+}
+
+/// Decodes one pgoutput message (the data of one XLogData).
+pub fn decode(data: Bytes) -> Result<PgOutput, DecodeError> {
+    let mut r = Reader {
+        buf: data,
+        message: "empty",
     };
+    let tag = r.u8("message type")?;
+    r.message = message_name(tag).ok_or(DecodeError::UnknownMessage(char::from(tag)))?;
     let msg = match tag {
         b'B' => PgOutput::Begin(Begin {
             final_lsn: r.lsn("final LSN")?,

@@ -515,19 +515,7 @@ fn postgres_bytes_are_what_encode_writes() {
 // ---------------------------------------------------------------------------------
 
 fn name_of(tag: u8) -> &'static str {
-    match tag {
-        b'B' => "Begin",
-        b'C' => "Commit",
-        b'O' => "Origin",
-        b'R' => "Relation",
-        b'Y' => "Type",
-        b'I' => "Insert",
-        b'U' => "Update",
-        b'D' => "Delete",
-        b'T' => "Truncate",
-        b'M' => "Message",
-        _ => unreachable!(),
-    }
+    super::message_name(tag).expect("fixture starts with a known tag")
 }
 
 #[test]
