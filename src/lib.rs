@@ -16,16 +16,22 @@
 //! - [`triggers`]: which trigger a change fires, and the payload it gets.
 //! - [`delivery`]: HTTP delivery per target, signing, retry.
 //! - [`progress`]: in-flight transactions and the LSN that is safe to confirm.
+//! - [`run`]: the daemon loop that joins them; [`server`] and [`summary`]: what an operator
+//!   sees of it; [`probe`]: `walhook health`.
+//! - [`check`], [`tail`], [`listen`], [`demo`]: the other commands.
 
 pub mod check;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod event;
 pub mod listen;
 pub mod lsn;
+pub mod probe;
 pub mod progress;
 pub mod run;
 pub mod server;
 pub mod source;
+pub mod summary;
 pub mod tail;
 pub mod triggers;

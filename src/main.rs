@@ -13,7 +13,7 @@ use walhook::server::{self, Health};
 use walhook::source::conninfo::{self, ConnInfo};
 use walhook::source::setup;
 use walhook::tail::{self, TailOptions};
-use walhook::{check, listen, run};
+use walhook::{check, demo, listen, probe, run, summary};
 
 /// Exit code for a config file that is invalid (clap uses 2 for bad arguments too).
 const EXIT_CONFIG: u8 = 2;
@@ -33,6 +33,9 @@ struct Cli {
         default_value = "text"
     )]
     log_format: String,
+    /// No periodic summary line (run, demo).
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,6 +65,21 @@ enum Command {
     Teardown(ConfigArg),
     /// Show the slot's position and lag.
     Status(ConfigArg),
+    /// Try walhook in one command: a throwaway Postgres, sample writes, and a receiver that
+    /// prints every delivery (needs the PostgreSQL server programs; removes everything on Ctrl-C).
+    Demo,
+    /// Ask a running walhook's status server whether it is healthy (exit 0) or not (exit 1);
+    /// for container health checks.
+    Health {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// host:port of the status server [default: the config's `[server] listen`, on loopback].
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// Check /readyz (streaming from the slot) instead of /healthz (the process serves).
+        #[arg(long)]
+        ready: bool,
+    },
     /// A local receiver: prints each delivery as a JSON line and checks its signature.
     Listen {
         /// Address to listen on.
@@ -71,7 +89,7 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
         /// The trigger's secret (whsec_…): deliveries without a valid signature get 401.
-        #[arg(long, env = "WALHOOK_LISTEN_SECRET", hide_env_values = true)]
+        #[arg(long, env = "WALHOOK_LISTEN_SECRET", hide_env_values = true, value_parser = parse_secret)]
         secret: Option<String>,
     },
     /// Print decoded row changes as JSON lines, from a temporary slot (leaves nothing behind).
@@ -92,6 +110,11 @@ enum Command {
         #[arg(long)]
         endpos: Option<walhook::lsn::Lsn>,
     },
+}
+
+/// `--secret` must be a Standard Webhooks secret, as in the config.
+fn parse_secret(s: &str) -> Result<String, String> {
+    config::check_secret(s).map(|()| s.to_owned())
 }
 
 fn init_tracing(format: &str) {
@@ -164,14 +187,16 @@ async fn sql_client(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if !cli.quiet && matches!(cli.command, Command::Run(_) | Command::Demo) {
+        tokio::spawn(summary::report(summary::INTERVAL));
+    }
     match cli.command {
         Command::Run(arg) => {
             let config = load_config(&arg)?;
             let health = Arc::new(Health::default());
             let metrics = server::install_metrics()?;
             if let Some(addr) = config.server.listen {
-                let bound = server::start(addr, health.clone(), metrics).await?;
-                tracing::info!("status server on http://{bound} (/healthz /readyz /metrics)");
+                server::start(addr, health.clone(), metrics).await?;
             }
             run::run(config, &health, shutdown_signal()).await?;
         }
@@ -205,13 +230,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Teardown(arg) => {
             let config = load_config(&arg)?;
             let client = sql_client(&config).await?;
-            let dropped = setup::drop_slot(&client, &config.source.slot).await?;
-            setup::drop_publication(&client, &config.source.publication).await?;
+            let outcome = |dropped| if dropped { "dropped" } else { "did not exist" };
+            let slot = setup::drop_slot(&client, &config.source.slot).await?;
+            let publication = setup::drop_publication(&client, &config.source.publication).await?;
             println!(
-                "slot {:?}: {}; publication {:?}: dropped",
+                "slot {:?}: {}; publication {:?}: {}",
                 config.source.slot,
-                if dropped { "dropped" } else { "did not exist" },
-                config.source.publication
+                outcome(slot),
+                config.source.publication,
+                outcome(publication)
             );
         }
         Command::Status(arg) => {
@@ -231,8 +258,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 ),
             }
         }
+        Command::Demo => demo::demo(shutdown_signal()).await?,
+        Command::Health {
+            config: arg,
+            addr,
+            ready,
+        } => {
+            let addr = match addr {
+                Some(a) => a,
+                None => {
+                    let listen = load_config(&arg)?.server.listen.ok_or_else(|| {
+                        anyhow::anyhow!("the config turns the status server off ([server] listen = \"\"); give --addr")
+                    })?;
+                    probe::loopback(listen)
+                }
+            };
+            let path = if ready { "/readyz" } else { "/healthz" };
+            let answer = probe::get(addr, path).await?;
+            println!("http://{addr}{path}: {answer}");
+            if !answer.is_ok() {
+                return Err(Exit(1).into());
+            }
+        }
         Command::Listen { host, port, secret } => {
-            let listener = tokio::net::TcpListener::bind((host, port)).await?;
+            let addr = std::net::SocketAddr::new(host, port);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
             eprintln!("walhook listen: http://{}", listener.local_addr()?);
             tokio::select! {
                 r = listen::serve(listener, secret, std::io::stdout()) => r?,

@@ -19,7 +19,7 @@ pub(super) fn key(secret: &str) -> Option<Vec<u8>> {
 }
 
 /// `whsec_` + base64 of a non-empty key; the error never contains the secret.
-pub(super) fn check_secret(s: &str) -> Result<(), String> {
+pub fn check_secret(s: &str) -> Result<(), String> {
     let Some(b64) = s.strip_prefix(SECRET_PREFIX) else {
         return Err("must start with `whsec_` (Standard Webhooks secret format)".to_owned());
     };

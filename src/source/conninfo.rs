@@ -12,12 +12,14 @@
 //! The password is never shown by `Display` or `Debug`.
 
 use std::fmt;
-use std::future::Future;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use super::connection::ConnectError;
+use super::frame::log_server_notice;
 use super::tls::{MakeRustls, server_name, tls_config};
 
 /// How hard to insist on TLS, with libpq's meanings.
@@ -545,14 +547,29 @@ pub async fn connect_sql(info: &ConnInfo) -> Result<tokio_postgres::Client, Conn
     Ok(client)
 }
 
-fn spawn_connection<F>(conn: F, info: &ConnInfo)
+/// Drives the connection; server notices go to walhook's log (tokio-postgres would print
+/// them as raw `NOTICE: …` lines).
+fn spawn_connection<S, T>(mut conn: tokio_postgres::Connection<S, T>, info: &ConnInfo)
 where
-    F: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let target = info.to_string();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::error!(target_db = %target, error = %e, "SQL connection failed");
+        while let Some(message) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notice(n)) => log_server_notice(
+                    n.severity(),
+                    n.code().code(),
+                    n.message(),
+                    n.detail().unwrap_or(""),
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(target_db = %target, error = %e, "SQL connection failed");
+                    return;
+                }
+            }
         }
     });
 }
