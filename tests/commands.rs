@@ -125,3 +125,27 @@ fn health_fails_when_nothing_answers() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_compose_try_out_config_is_valid_with_the_compose_environment() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    // The values docker-compose.yml gives the walhook service.
+    let value = |key: &str| {
+        compose
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
+            .map(str::to_owned)
+    };
+    let text = std::fs::read_to_string(root.join("examples/walhook.toml")).unwrap();
+    let config =
+        walhook::config::parse(&text, std::path::Path::new("examples/walhook.toml"), &value)
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.triggers.len(), 2);
+    assert_eq!(
+        config.server.listen,
+        "0.0.0.0:8187".parse().ok(),
+        "the port compose publishes"
+    );
+    assert!(compose.contains("\"8187:8187\""));
+}
