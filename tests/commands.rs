@@ -149,3 +149,167 @@ fn the_compose_try_out_config_is_valid_with_the_compose_environment() {
     );
     assert!(compose.contains("\"8187:8187\""));
 }
+
+/// psql: from the server's bin directory, else any installed one (clients work across majors).
+fn psql(pg: &Cluster) -> std::path::PathBuf {
+    let own = pg.bin.join("psql");
+    if own.exists() {
+        return own;
+    }
+    std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("bin/psql"))
+        .find(|p| p.exists())
+        .expect("psql")
+}
+
+/// A walhook.toml in a new directory: `credentials` = `user:password`, one trigger on orders.
+fn dir_config(
+    pg: &Cluster,
+    db: &str,
+    credentials: &str,
+    url: &str,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("walhook.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"postgres://{credentials}@127.0.0.1:{}/{db}?sslmode=disable\"\n\n\
+             [server]\nlisten = \"\"\n\n\
+             [[trigger]]\nname = \"orders\"\ntable = \"public.orders\"\nurl = \"{url}\"\n",
+            pg.port
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+fn prepare(pg: &Cluster, db: &str, vars: &[&str]) -> Output {
+    let mut c = Command::new(psql(pg));
+    c.args(["-X", "-q", "-A", "-t", "-h", "127.0.0.1", "-U", "postgres"])
+        .args(["-p", &pg.port.to_string(), "-d", db]);
+    for v in vars {
+        c.args(["-v", v]);
+    }
+    c.arg("-f")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/prepare.sql"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn prepare_sql_gives_a_plain_role_what_walhook_needs() {
+    let (pg, db) = Cluster::with_app_db(
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, status text NOT NULL DEFAULT 'new');",
+    );
+    let out = prepare(&pg, &db, &["tables=public.orders"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("needs -v password="), "{stderr}");
+
+    let out = prepare(&pg, &db, &["password=s3cret", "tables=public.orders"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.ends_with("walhook|walhook|public.orders"),
+        "{stdout}"
+    );
+    // Again: idempotent.
+    let out = prepare(&pg, &db, &["password=s3cret", "tables=public.orders"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT rolsuper, rolreplication, rolcanlogin FROM pg_roles WHERE rolname = 'walhook'"
+        ),
+        "f|t|t"
+    );
+
+    // RDS / Aurora style: membership in rds_replication instead of the attribute, which
+    // `check` accepts (the replication itself is RDS's own patch, so not tried here).
+    pg.psql(&db, "CREATE ROLE rds_replication NOLOGIN");
+    let out = prepare(
+        &pg,
+        &db,
+        &[
+            "password=pw",
+            "tables=public.orders",
+            "role=rdsuser",
+            "grant=rds_replication",
+        ],
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT rolreplication, pg_has_role('rdsuser', 'rds_replication', 'MEMBER') \
+             FROM pg_roles WHERE rolname = 'rdsuser'"
+        ),
+        "f|t"
+    );
+    let rds = dir_config(&pg, &db, "rdsuser:pw", "http://127.0.0.1:9/");
+    let out = walhook(&["check"], Some(&rds.1));
+    let (stdout, _) = text(&out);
+    assert!(!stdout.contains("REPLICATION"), "{stdout}");
+
+    // The role runs walhook: check passes, run delivers.
+    let rx = support::receiver::Receiver::start();
+    let (_dir, config) = dir_config(&pg, &db, "walhook:s3cret", &rx.url("/orders"));
+    let out = walhook(&["check"], Some(&config));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("error:"), "{stdout}");
+
+    let mut run = Command::new(BIN)
+        .arg("run")
+        .env("WALHOOK_CONFIG", &config)
+        .env("WALHOOK_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = run.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut log = Vec::new();
+    while !log.iter().any(|l: &String| l.contains("streaming slot=")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => {
+                let _ = run.kill();
+                panic!("walhook run did not stream:\n{}", log.join("\n"));
+            }
+        }
+    }
+    pg.psql(&db, "INSERT INTO orders DEFAULT VALUES");
+    let reqs = rx.wait_until(std::time::Duration::from_secs(20), "a delivery", |r| {
+        r.iter().any(|r| r.ok())
+    });
+    assert_eq!(reqs[0].json()["record"]["status"], "new");
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("publication") && l.contains("Altered")),
+        "walhook found the publication as prepared: {log:?}"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &run.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(run.wait().unwrap().success());
+}

@@ -92,11 +92,16 @@ pub async fn check_wal_level(client: &Client) -> Result<(), SetupError> {
     }
 }
 
-/// Fails unless the current role may open a replication connection.
+/// Fails unless the current role may open a replication connection: the REPLICATION
+/// attribute, a superuser, or (RDS and Aurora, where neither can be granted) membership in
+/// `rds_replication`.
 pub async fn check_replication_role(client: &Client) -> Result<(), SetupError> {
     let row = client
         .query_one(
-            "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            "SELECT current_user::text, rolreplication OR rolsuper OR EXISTS (
+                 SELECT FROM pg_roles r WHERE r.rolname = 'rds_replication'
+                 AND pg_has_role(current_user, r.oid, 'MEMBER'))
+             FROM pg_roles WHERE rolname = current_user",
             &[],
         )
         .await
