@@ -16,6 +16,7 @@
 //! - [`triggers`]: which trigger a change fires, and the payload it gets.
 //! - [`delivery`]: HTTP delivery per target, signing, retry.
 //! - [`progress`]: in-flight transactions and the LSN that is safe to confirm.
+//! - [`store`]: the `walhook` schema (state that outlives a process) and its migrations.
 
 pub mod check;
 pub mod config;
@@ -27,5 +28,6 @@ pub mod progress;
 pub mod run;
 pub mod server;
 pub mod source;
+pub mod store;
 pub mod tail;
 pub mod triggers;
