@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS walhook.schema_migrations (\n    \
 );\n";
 
 /// Key of the advisory lock held while migrating (any fixed number; "walhook" in ASCII).
-const MIGRATION_LOCK: i64 = 0x7761_6c68_6f6f_6b;
+const MIGRATION_LOCK: i64 = 0x0077_616c_686f_6f6b;
 
 /// Why the schema could not be brought up to date.
 #[derive(Debug, thiserror::Error)]
