@@ -725,7 +725,10 @@ impl ReplicationReader {
             };
             match frame.tag {
                 b'd' => return Ok(Some(frame.body)),
-                b'c' => {
+                // CopyDone; or CommandComplete without one: a walsender that shuts down
+                // (pg_ctl stop -m fast or smart) ends the stream that way once walhook has
+                // confirmed what it sent. Both are a clean end of the stream.
+                b'c' | b'C' => {
                     self.done = true;
                     return Ok(None);
                 }

@@ -112,7 +112,7 @@ pub async fn open(opts: &SessionOptions) -> Result<ReplicationStream, SourceErro
     Ok(ReplicationStream::new(
         reader,
         writer,
-        RelationCache::new(client),
+        RelationCache::reconnecting(client, opts.conninfo.clone()),
         start,
     ))
 }

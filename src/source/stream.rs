@@ -215,7 +215,18 @@ impl ReplicationStream {
     /// The next event. Cancel-safe only between events (it may be awaiting a catalog query).
     pub async fn next(&mut self) -> Result<SourceEvent, SourceError> {
         loop {
-            let Some(payload) = self.reader.recv().await? else {
+            let received = match self.relations.idle_deadline() {
+                // reader.recv is cancel-safe: nothing is lost when the timer wins.
+                Some(deadline) => tokio::select! {
+                    r = self.reader.recv() => r?,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        self.relations.close_if_idle();
+                        continue;
+                    }
+                },
+                None => self.reader.recv().await?,
+            };
+            let Some(payload) = received else {
                 return Err(SourceError::Ended);
             };
             match protocol::parse(payload)? {
