@@ -13,7 +13,7 @@ use walhook::server::{self, Health};
 use walhook::source::conninfo::{self, ConnInfo};
 use walhook::source::setup;
 use walhook::tail::{self, TailOptions};
-use walhook::{check, listen, run};
+use walhook::{check, listen, run, store};
 
 /// Exit code for a config file that is invalid (clap uses 2 for bad arguments too).
 const EXIT_CONFIG: u8 = 2;
@@ -57,7 +57,14 @@ enum Command {
     /// Check the config file and the database; exit 0 only if `run` would start cleanly.
     Check(ConfigArg),
     /// Create the publication and the slot now (run does this on start too).
-    Setup(ConfigArg),
+    Setup {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Accept that the slot walhook streamed from is lost (dropped or invalidated):
+        /// start a new slot at the current WAL position. Changes in between are not delivered.
+        #[arg(long)]
+        new_slot: bool,
+    },
     /// Drop the slot and the publication (stop walhook first: the slot's position is lost).
     Teardown(ConfigArg),
     /// Show the slot's position and lag.
@@ -187,16 +194,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 return Err(Exit(1).into());
             }
         }
-        Command::Setup(arg) => {
+        Command::Setup {
+            config: arg,
+            new_slot,
+        } => {
             let config = load_config(&arg)?;
             let router = walhook::triggers::Router::new(&config.triggers)?;
-            let client = sql_client(&config).await?;
+            let mut client = sql_client(&config).await?;
             setup::check_wal_level(&client).await?;
             let change =
                 setup::sync_publication(&client, &config.source.publication, &router.tables())
                     .await?;
             println!("publication {:?}: {change:?}", config.source.publication);
-            let slot = setup::ensure_slot(&client, &config.source.slot).await?;
+            let slot = if new_slot {
+                let new = store::slot::start_new(&mut client, &config.source.slot).await?;
+                if let Some(since) = new.lost_since {
+                    println!(
+                        "slot {:?}: a new slot starts at {}; changes committed between {since} \
+                         and {} were not captured by walhook",
+                        config.source.slot, new.state.confirmed_flush, new.state.confirmed_flush
+                    );
+                }
+                new.state
+            } else {
+                store::slot::open(&mut client, &config.source.slot).await?
+            };
             println!(
                 "slot {:?}: confirmed up to {}",
                 config.source.slot, slot.confirmed_flush
@@ -206,6 +228,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(&arg)?;
             let client = sql_client(&config).await?;
             let dropped = setup::drop_slot(&client, &config.source.slot).await?;
+            store::slot::forget(&client, &config.source.slot).await?;
             setup::drop_publication(&client, &config.source.publication).await?;
             println!(
                 "slot {:?}: {}; publication {:?}: dropped",

@@ -23,10 +23,14 @@ use crate::server::Health;
 use crate::source::conninfo::{ConnInfo, ConnInfoError};
 use crate::source::session::{self, SessionOptions, Slot};
 use crate::source::stream::{Confirmer, ReplicationStream, SourceError, SourceEvent};
+use crate::store::slot;
 use crate::triggers::{Router, TriggerError};
 
 /// How long in-flight requests may finish after SIGINT/SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How often the delivered position is written to `walhook.slot_state` (when it moved).
+pub const SLOT_RECORD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often a standby instance tries to take the slot over.
 pub const STANDBY_POLL: Duration = Duration::from_secs(2);
@@ -112,6 +116,11 @@ pub async fn run(
         confirmer: None,
     }));
     let acks = tokio::spawn(apply_acks(ack_rx, current.clone()));
+    let recorder = tokio::spawn(record_position(
+        conninfo.clone(),
+        config.source.slot.clone(),
+        current.clone(),
+    ));
 
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(500);
@@ -171,6 +180,7 @@ pub async fn run(
     dispatcher.shutdown(SHUTDOWN_GRACE).await;
     // The dispatcher is gone, so the ack channel closes once every ack is applied.
     let _ = acks.await;
+    recorder.abort();
     if let Some(stream) = open_stream {
         let lsn = current
             .lock()
@@ -179,9 +189,37 @@ pub async fn run(
         stream.confirm(lsn);
         // Sends a last status update with that position, then ends the copy.
         stream.close().await;
+        if let Err(e) = slot::advance_at(&conninfo, &config.source.slot, lsn).await {
+            tracing::debug!("could not record the final position in walhook.slot_state: {e}");
+        }
         tracing::info!(confirmed = %lsn, "stopped");
     }
     result
+}
+
+/// Keeps `walhook.slot_state` a few seconds behind the delivered position, so if the slot
+/// is ever lost the error can say from where changes are at risk.
+async fn record_position(conninfo: ConnInfo, slot_name: String, current: Arc<Mutex<Current>>) {
+    let mut recorded = crate::lsn::Lsn::ZERO;
+    loop {
+        tokio::time::sleep(SLOT_RECORD_INTERVAL).await;
+        let Some(lsn) = current
+            .lock()
+            .ok()
+            .filter(|c| c.confirmer.is_some())
+            .map(|c| c.progress.confirmed())
+        else {
+            continue;
+        };
+        if lsn <= recorded {
+            continue;
+        }
+        match slot::advance_at(&conninfo, &slot_name, lsn).await {
+            Ok(()) => recorded = lsn,
+            // The next round tries again; until then the record only trails further.
+            Err(e) => tracing::debug!("could not record the position in walhook.slot_state: {e}"),
+        }
+    }
 }
 
 async fn apply_acks(mut acks: mpsc::UnboundedReceiver<u64>, current: Arc<Mutex<Current>>) {

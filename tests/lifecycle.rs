@@ -73,3 +73,99 @@ fn postgres_restarts_of_every_mode_during_a_backlog_lose_nothing() {
     assert!(walhook.is_running());
     assert_eq!(walhook.log_count("protocol violation"), 0);
 }
+
+// ================================================================ 2. a dropped slot
+
+/// Terminates the slot's walsender and drops the slot (retrying while it is still active).
+fn drop_slot_under_walhook(pg: &Cluster, db: &str) {
+    pg.psql(
+        db,
+        &format!(
+            "DO $$ BEGIN
+               PERFORM pg_terminate_backend(active_pid) FROM pg_replication_slots
+                 WHERE slot_name = '{SLOT}' AND active_pid IS NOT NULL;
+               FOR i IN 1..200 LOOP
+                 BEGIN
+                   PERFORM pg_drop_replication_slot('{SLOT}');
+                   RETURN;
+                 EXCEPTION WHEN object_in_use THEN
+                   PERFORM pg_sleep(0.02);
+                 END;
+               END LOOP;
+               RAISE 'slot still active';
+             END $$"
+        ),
+    );
+}
+
+fn slot_exists(pg: &Cluster, db: &str) -> bool {
+    pg.psql(
+        db,
+        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}'"),
+    ) == "1"
+}
+
+#[test]
+fn a_dropped_slot_stops_walhook_naming_the_gap_and_is_not_recreated() {
+    let (pg, db, rx, dir) = scenario(&[], "CREATE TABLE t (id int PRIMARY KEY)");
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), &[]);
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let config_arg = config.to_str().unwrap();
+    let mut daemon = Walhook::streaming(&config);
+    pg.psql(&db, "INSERT INTO t VALUES (1)");
+    rx.wait_until(Duration::from_secs(20), "row 1", |r| {
+        delivered_rows(r).contains(&1)
+    });
+    let delivered_up_to = wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(20));
+
+    // Changes queued behind a failing target when the slot goes.
+    rx.set_status(503);
+    pg.psql(&db, "INSERT INTO t VALUES (2), (3)");
+    std::thread::sleep(Duration::from_millis(300));
+    drop_slot_under_walhook(&pg, &db);
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("\"walhook\", which walhook streams from, was dropped"),
+        "{log}"
+    );
+    assert!(log.contains("walhook setup --new-slot"), "{log}");
+    // The range at risk starts at or before what was delivered and confirmed.
+    let since = log
+        .split("changes committed after ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(lsn)
+        .expect("the error names an LSN");
+    assert!(since <= delivered_up_to, "{since} > {delivered_up_to}");
+    assert!(
+        !slot_exists(&pg, &db),
+        "walhook created a new slot by itself"
+    );
+
+    // A restart (or `setup`) meets the same error: the gap is remembered, not forgotten.
+    let mut again = Walhook::start(&config);
+    assert_eq!(again.wait_exit(Duration::from_secs(30)).code(), Some(1));
+    assert!(
+        again.log_text().contains("was dropped"),
+        "{}",
+        again.log_text()
+    );
+    let (status, _, stderr) = walhook(&["setup", "--config", config_arg]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was dropped"), "{stderr}");
+    assert!(!slot_exists(&pg, &db));
+
+    // The explicit command accepts the gap; then walhook streams from the new slot.
+    let (status, stdout, stderr) = walhook(&["setup", "--new-slot", "--config", config_arg]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("were not captured"), "{stdout}");
+    assert!(slot_exists(&pg, &db));
+    rx.set_status(200);
+    let _walhook = Walhook::streaming(&config);
+    pg.psql(&db, "INSERT INTO t VALUES (4)");
+    rx.wait_until(Duration::from_secs(20), "row 4 from the new slot", |r| {
+        delivered_rows(r).contains(&4)
+    });
+}

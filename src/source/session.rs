@@ -59,7 +59,7 @@ pub fn pgoutput_options(publication: &str, server_version_num: u32) -> String {
 /// Connects, checks the preconditions, sets up the publication and the slot as asked, and
 /// starts streaming. The catalog connection opened here stays with the stream.
 pub async fn open(opts: &SessionOptions) -> Result<ReplicationStream, SourceError> {
-    let client = conninfo::connect_sql(&opts.conninfo).await?;
+    let mut client = conninfo::connect_sql(&opts.conninfo).await?;
     setup::check_wal_level(&client).await?;
     setup::check_replication_role(&client).await?;
     // A standby must not touch the publication the active instance streams with (its
@@ -94,7 +94,12 @@ pub async fn open(opts: &SessionOptions) -> Result<ReplicationStream, SourceErro
                 .and_then(|lsn| lsn.parse::<Lsn>().ok())
                 .unwrap_or_default()
         }
-        Slot::Permanent(name) => setup::ensure_slot(&client, name).await?.confirmed_flush,
+        // Never a silent gap: a slot walhook streamed from before must still be there.
+        Slot::Permanent(name) => {
+            crate::store::slot::open(&mut client, name)
+                .await?
+                .confirmed_flush
+        }
         Slot::Existing(name) => {
             setup::slot_state(&client, name)
                 .await?

@@ -308,6 +308,19 @@ pub struct SlotState {
     pub active_pid: Option<i32>,
     /// WAL bytes between the slot's restart point and the current WAL position.
     pub retained_bytes: Option<i64>,
+    /// `wal_status`: `reserved`, `extended`, `unreserved` (about to lose WAL it needs) or
+    /// `lost` (invalidated: it can no longer stream).
+    pub wal_status: Option<String>,
+    /// `safe_wal_size`: WAL that may still be written before the slot is at risk of being
+    /// invalidated (`None` when `max_slot_wal_keep_size` is unlimited).
+    pub safe_wal_bytes: Option<i64>,
+}
+
+impl SlotState {
+    /// Postgres invalidated the slot: it can no longer stream, and the WAL it needed is gone.
+    pub fn is_lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
 }
 
 /// The slot's state, or `None` if it does not exist.
@@ -315,7 +328,8 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     let rows = client
         .query(
             "SELECT plugin::text, database::text, confirmed_flush_lsn::text, active_pid, \
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, \
+                    wal_status::text, safe_wal_size::int8 \
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -331,7 +345,18 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
         confirmed_flush: flush.and_then(|f| f.parse().ok()).unwrap_or_default(),
         active_pid: row.get(3),
         retained_bytes: row.get(4),
+        wal_status: row.get(5),
+        safe_wal_bytes: row.get(6),
     }))
+}
+
+/// `max_slot_wal_keep_size` as Postgres shows it (`-1` is unlimited).
+pub async fn max_slot_wal_keep_size(client: &Client) -> Result<String, SetupError> {
+    let row = client
+        .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
+        .await
+        .map_err(sql("reading max_slot_wal_keep_size"))?;
+    Ok(row.get(0))
 }
 
 /// Makes sure a pgoutput slot named `slot` exists in this database; returns its state.
@@ -388,6 +413,8 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<SlotState, Setup
         confirmed_flush: lsn.parse().unwrap_or_default(),
         active_pid: None,
         retained_bytes: None,
+        wal_status: None,
+        safe_wal_bytes: None,
     })
 }
 

@@ -68,6 +68,9 @@ pub enum SourceError {
     /// A catalog look-up failed.
     #[error(transparent)]
     Relation(#[from] RelationError),
+    /// The slot is gone, or its recorded state could not be read.
+    #[error(transparent)]
+    Slot(#[from] crate::store::slot::SlotError),
     /// A row could not be converted. walhook stops rather than skip the change; restarting
     /// meets it again, so the message names where it is.
     #[error(
@@ -104,6 +107,7 @@ impl SourceError {
             SourceError::Connect(e) => e.is_transient(),
             SourceError::Relation(e) => e.is_transient(),
             SourceError::Setup(e) => e.is_transient(),
+            SourceError::Slot(e) => e.is_transient(),
             SourceError::Ended | SourceError::SlotActive(_) => true,
             _ => false,
         }

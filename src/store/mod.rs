@@ -13,6 +13,8 @@
 
 use tokio_postgres::Client;
 
+pub mod slot;
+
 /// One schema change, applied once.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
@@ -25,7 +27,11 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Append only: an applied migration never changes.
-pub const MIGRATIONS: &[Migration] = &[];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 2,
+    name: "slot_state",
+    sql: include_str!("../../sql/migrations/0002_slot_state.sql"),
+}];
 
 /// Creates the schema and the table that records applied migrations.
 const BOOTSTRAP: &str = "CREATE SCHEMA IF NOT EXISTS walhook;\n\
@@ -86,7 +92,7 @@ impl StoreError {
     }
 }
 
-fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+pub(crate) fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
     let context = context.into();
     move |source| match source.code().map(|c| c.code()) {
         // insufficient_privilege

@@ -128,7 +128,10 @@ impl Walhook {
 impl Drop for Walhook {
     fn drop(&mut self) {
         // A stopped process (SIGSTOP) must be continued to die of the SIGKILL promptly.
-        let _ = Command::new("kill").args(["-CONT", &self.pid()]).status();
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid()])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
