@@ -185,7 +185,33 @@ async fn database(
             );
         }
     }
-    match setup::slot_state(client, &config.source.slot).await? {
+    let state = setup::slot_state(client, &config.source.slot).await?;
+    let recorded = match crate::status::recorded(client, &config.source.slot).await {
+        Ok(r) => r,
+        Err(e) => {
+            report.push(Severity::Error, e.to_string());
+            None
+        }
+    };
+    let findings = crate::status::slot_findings(
+        &config.source.slot,
+        state.as_ref(),
+        recorded.as_ref(),
+        None,
+        None,
+    );
+    let slot_ok = findings.is_empty();
+    for f in findings {
+        let severity = match f.level {
+            crate::status::Level::Error => Severity::Error,
+            crate::status::Level::Warning => Severity::Warning,
+        };
+        report.push(severity, f.message);
+    }
+    let keep = setup::max_slot_wal_keep_size(client).await?;
+    match state {
+        None if !slot_ok => {}
+        Some(state) if state.is_lost() => {}
         None => report.push(
             Severity::Ok,
             format!(
@@ -203,9 +229,10 @@ async fn database(
         Some(state) => report.push(
             Severity::Ok,
             format!(
-                "slot {:?} confirmed up to {}{}{}",
+                "slot {:?} confirmed up to {}, wal_status {}{} (max_slot_wal_keep_size {keep}){}",
                 config.source.slot,
                 state.confirmed_flush,
+                state.wal_status.as_deref().unwrap_or("unknown"),
                 state
                     .retained_bytes
                     .map(|b| format!(", retaining {b} bytes of WAL"))

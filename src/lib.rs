@@ -17,6 +17,7 @@
 //! - [`delivery`]: HTTP delivery per target, signing, retry.
 //! - [`progress`]: in-flight transactions and the LSN that is safe to confirm.
 //! - [`store`]: the `walhook` schema (state that outlives a process) and its migrations.
+//! - [`status`]: `walhook status`: the slot's health and each trigger's state.
 
 pub mod check;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod progress;
 pub mod run;
 pub mod server;
 pub mod source;
+pub mod status;
 pub mod store;
 pub mod tail;
 pub mod triggers;

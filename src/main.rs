@@ -67,8 +67,17 @@ enum Command {
     },
     /// Drop the slot and the publication (stop walhook first: the slot's position is lost).
     Teardown(ConfigArg),
-    /// Show the slot's position and lag.
-    Status(ConfigArg),
+    /// Show the slot's position, lag and wal_status; exit 1 when it is missing, lost or lagging.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print one JSON object {"slot": {...}, "triggers": {...}}.
+        #[arg(long)]
+        json: bool,
+        /// Unhealthy when the slot is more than this many bytes behind the server's WAL.
+        #[arg(long, value_name = "BYTES", default_value_t = walhook::status::DEFAULT_MAX_LAG)]
+        max_lag: u64,
+    },
     /// A local receiver: prints each delivery as a JSON line and checks its signature.
     Listen {
         /// Address to listen on.
@@ -237,21 +246,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 config.source.publication
             );
         }
-        Command::Status(arg) => {
+        Command::Status {
+            config: arg,
+            json,
+            max_lag,
+        } => {
             let config = load_config(&arg)?;
             let client = sql_client(&config).await?;
-            match setup::slot_state(&client, &config.source.slot).await? {
-                None => println!("slot {:?}: does not exist", config.source.slot),
-                Some(s) => println!(
-                    "slot {:?}: confirmed {}, retaining {} bytes of WAL, {}",
-                    config.source.slot,
-                    s.confirmed_flush,
-                    s.retained_bytes.unwrap_or(0),
-                    match s.active_pid {
-                        Some(pid) => format!("streaming (walsender pid {pid})"),
-                        None => "not streaming".to_string(),
-                    }
-                ),
+            let report = walhook::status::StatusReport::gather(&client, &config, max_lag).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            if !report.healthy() {
+                return Err(Exit(1).into());
             }
         }
         Command::Listen { host, port, secret } => {

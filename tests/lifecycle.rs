@@ -169,3 +169,94 @@ fn a_dropped_slot_stops_walhook_naming_the_gap_and_is_not_recreated() {
         delivered_rows(r).contains(&4)
     });
 }
+
+// ================================================================ 6. an invalidated slot
+
+#[test]
+fn an_invalidated_slot_is_an_error_for_run_check_and_status() {
+    let (pg, db, rx, dir) = scenario(
+        &["max_slot_wal_keep_size = '1MB'"],
+        "CREATE TABLE t (id int PRIMARY KEY, pad text)",
+    );
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), &[]);
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let config_arg = config.to_str().unwrap();
+    let mut daemon = Walhook::streaming(&config);
+
+    // Healthy: check passes and reports wal_status and the keep size; status exits 0.
+    let (status, stdout, _) = walhook(&["check", "--config", config_arg]);
+    assert!(status.success(), "{stdout}");
+    assert!(
+        stdout.contains("wal_status reserved") && stdout.contains("max_slot_wal_keep_size 1MB"),
+        "{stdout}"
+    );
+    let (status, stdout, _) = walhook(&["status", "--json", "--config", config_arg]);
+    assert!(status.success(), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    assert_eq!(json["slot"]["name"], SLOT);
+    assert_eq!(json["slot"]["wal_status"], "reserved");
+    assert_eq!(json["slot"]["max_slot_wal_keep_size"], "1MB");
+    assert!(json["slot"]["retained_bytes"].as_i64().is_some());
+    assert_eq!(json["triggers"]["t"]["table"], "public.t");
+
+    // A target that fails holds the slot back; past the keep size, a checkpoint
+    // invalidates it.
+    rx.set_status(503);
+    pg.psql(&db, "INSERT INTO t VALUES (1, 'x')");
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, stdout, _) = walhook(&["status", "--max-lag", "1", "--config", config_arg]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("bytes behind the server's WAL (more than 1)"),
+        "{stdout}"
+    );
+    let mut lost = false;
+    for i in 2..40 {
+        pg.psql(
+            &db,
+            &format!(
+                "INSERT INTO t SELECT {i} * 1000 + g, repeat('x', 1000) FROM generate_series(1, 300) g;
+                 SELECT pg_switch_wal(); CHECKPOINT;"
+            ),
+        );
+        let wal_status = pg.psql(
+            &db,
+            &format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{SLOT}'"),
+        );
+        if wal_status == "lost" {
+            lost = true;
+            break;
+        }
+    }
+    assert!(lost, "the slot was not invalidated");
+
+    let code = daemon.wait_exit(Duration::from_secs(60)).code();
+    assert_eq!(code, Some(1), "{}", daemon.log_text());
+    assert!(
+        daemon.log_text().contains("was invalidated by Postgres"),
+        "{}",
+        daemon.log_text()
+    );
+    let (status, stdout, _) = walhook(&["check", "--config", config_arg]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("error: slot \"walhook\" was invalidated by Postgres"),
+        "{stdout}"
+    );
+    let (status, stdout, _) = walhook(&["status", "--config", config_arg]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("wal_status lost"), "{stdout}");
+    assert!(
+        stdout.contains("error: slot \"walhook\" was invalidated"),
+        "{stdout}"
+    );
+
+    // Accepting the gap gives a healthy slot again.
+    let (status, stdout, stderr) = walhook(&["setup", "--new-slot", "--config", config_arg]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("were not captured"), "{stdout}");
+    let (status, stdout, _) = walhook(&["status", "--config", config_arg]);
+    assert!(status.success(), "{stdout}");
+    let (status, stdout, _) = walhook(&["check", "--config", config_arg]);
+    assert!(status.success(), "{stdout}");
+}
