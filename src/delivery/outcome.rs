@@ -108,7 +108,7 @@ pub fn classify_error(err: &HttpError) -> Verdict {
         HttpError::Timeout(_) => Verdict::Retry(Reason::Timeout),
         // A certificate the receiver's operator must fix still heals on retry once fixed.
         HttpError::Connect { .. } | HttpError::Tls { .. } => Verdict::Retry(Reason::Connect),
-        HttpError::Http(_) => Verdict::Retry(Reason::Transport),
+        HttpError::Http(_) | HttpError::Request(_) => Verdict::Retry(Reason::Transport),
     }
 }
 

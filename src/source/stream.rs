@@ -68,6 +68,9 @@ pub enum SourceError {
     /// A catalog look-up failed.
     #[error(transparent)]
     Relation(#[from] RelationError),
+    /// The preflight found something `run` must not start with.
+    #[error(transparent)]
+    Refused(#[from] crate::preflight::Refused),
     /// A row could not be converted. walhook stops rather than skip the change; restarting
     /// meets it again, so the message names where it is.
     #[error(
