@@ -15,9 +15,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use hmac::Mac as _;
+use std::num::NonZeroUsize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use std::num::NonZeroUsize;
 use walhook::config::{HttpMethod, On4xx, RetrySettings, TableName, Trigger, TriggerId};
 use walhook::delivery::sign::Signer;
 use walhook::delivery::{Ack, Dispatcher, Job, verify};
@@ -322,7 +322,8 @@ async fn batches_wrap_raw_events_in_order() {
     let (d, mut rx) = start(t);
     let raw = |i: u64| format!(r#"{{"seq": {i}, "n": 1.50}}"#); // spacing and 1.50 must survive
     for i in 0..25 {
-        d.submit(T0,
+        d.submit(
+            T0,
             Job {
                 body: Bytes::from(raw(i)),
                 order_key: 0,
@@ -380,7 +381,8 @@ async fn per_key_order_holds_under_concurrency_and_retries() {
     for i in 0..1000u64 {
         let key = i % keys;
         let body = format!(r#"{{"key":{key},"seq":{i}}}"#);
-        d.submit(T0,
+        d.submit(
+            T0,
             Job {
                 id: format!("evt_{i}"),
                 body: Bytes::from(body),
@@ -724,7 +726,8 @@ async fn throughput() {
         let d2 = d.clone();
         let producer = tokio::spawn(async move {
             for i in 0..n {
-                d2.submit(T0,
+                d2.submit(
+                    T0,
                     Job {
                         id: format!("evt_{i}"),
                         body: body.clone(),
@@ -840,7 +843,8 @@ async fn listen_answers_401_to_a_wrong_signature_so_nothing_is_acked() {
 async fn listen_without_a_secret_reports_null_and_keeps_non_json_as_text() {
     let (url, lines, task) = listen(None).await;
     let (d, mut rx) = start(target(url));
-    d.submit(T0,
+    d.submit(
+        T0,
         Job {
             body: Bytes::from_static(b"plain text"),
             ..job(3)

@@ -313,7 +313,8 @@ mod tests {
         assert!(req.headers()[AUTHORIZATION].is_sensitive());
         let default_port = url::Url::parse("https://[::1]:443/").unwrap();
         let mut spec = DeliverySpec::new(default_port);
-        spec.headers.insert(HOST, HeaderValue::from_static("override"));
+        spec.headers
+            .insert(HOST, HeaderValue::from_static("override"));
         let c = Client::new("t", &spec, &tls).unwrap();
         assert_eq!(c.fixed[HOST], "override", "a configured header wins");
         assert_eq!(c.uri, "/");
