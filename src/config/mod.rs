@@ -4,7 +4,8 @@
 //! schema is then walked by hand rather than through serde, because serde stops at the first
 //! error and `walhook check` must report every problem at once, each with its line.
 //!
-//! Rules worth knowing (they are the user-facing contract, see DESIGN.md "Config"):
+//! Rules worth knowing (they are the user-facing contract; the README's configuration
+//! reference says the same):
 //!
 //! - `${VAR}` and `${VAR:-default}` are replaced inside string values after TOML parsing, so
 //!   line numbers stay right and a `$` anywhere else is literal. `:-` uses the default when the

@@ -34,7 +34,7 @@ fn with_trigger(extra: &str) -> String {
     )
 }
 
-const DESIGN_EXAMPLE: &str = r#"
+const FULL_EXAMPLE: &str = r#"
 [source]
 url = "${DATABASE_URL}"        # libpq-style URL
 slot = "walhook"
@@ -62,7 +62,7 @@ columns = ["id", "status", "amount"]
 
 #[test]
 fn the_design_example_loads() {
-    let c = ok(DESIGN_EXAMPLE);
+    let c = ok(FULL_EXAMPLE);
     assert_eq!(c.source.url, "postgres://walhook:hunter2@db/app");
     assert_eq!(c.source.slot, "walhook");
     assert_eq!(c.server.listen, Some("0.0.0.0:9187".parse().unwrap()));
@@ -283,7 +283,7 @@ fn source_url_and_secrets_never_appear_in_errors() {
 
 #[test]
 fn debug_output_redacts_credentials() {
-    let c = ok(DESIGN_EXAMPLE);
+    let c = ok(FULL_EXAMPLE);
     let shown = format!("{c:?}");
     for leaked in ["hunter2", "tok-123", SECRET] {
         assert!(!shown.contains(leaked), "{leaked} leaked in {shown}");

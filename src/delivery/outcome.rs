@@ -1,5 +1,7 @@
 //! What one HTTP attempt means for delivery: the single place where statuses and transport
-//! errors are classified as delivered, retryable, rejected or gone (DESIGN.md "HTTP").
+//! errors are classified as delivered, retryable, rejected or gone (the README's "Delivery"
+//! section is the contract: 2xx delivered; 3xx, 408, 429, 5xx and transport errors retried;
+//! 410 pauses the trigger).
 
 use super::connection::HttpError;
 
