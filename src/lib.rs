@@ -12,7 +12,9 @@
 //! - [`lsn`]: WAL positions.
 //! - [`source`]: everything that speaks to Postgres.
 //! - [`event`]: the row change and the webhook envelope built from it.
-//! - [`config`]: walhook.toml, interpolation and validation.
+//! - [`config`]: walhook.toml, interpolation and validation, into the runtime form of each
+//!   trigger (its route and its delivery spec).
+//! - [`preflight`]: what `run` needs of the database, checked at once (`check` prints it).
 //! - [`triggers`]: which trigger a change fires, and the payload it gets.
 //! - [`delivery`]: HTTP delivery per target, signing, retry.
 //! - [`progress`]: in-flight transactions and the LSN that is safe to confirm.
@@ -25,6 +27,7 @@ pub mod delivery;
 pub mod event;
 pub mod listen;
 pub mod lsn;
+pub mod preflight;
 pub mod progress;
 pub mod run;
 pub mod server;

@@ -13,7 +13,7 @@ use walhook::server::{self, Health};
 use walhook::source::conninfo::{self, ConnInfo};
 use walhook::source::setup;
 use walhook::tail::{self, TailOptions};
-use walhook::{check, listen, run, store};
+use walhook::{check, listen, preflight, run, store};
 
 /// Exit code for a config file that is invalid (clap uses 2 for bad arguments too).
 const EXIT_CONFIG: u8 = 2;
@@ -25,16 +25,26 @@ const EXIT_CONFIG: u8 = 2;
     about = "PostgreSQL row changes as webhooks"
 )]
 struct Cli {
-    /// Log format: text or json.
+    /// Log format.
     #[arg(
         long,
         global = true,
         env = "WALHOOK_LOG_FORMAT",
-        default_value = "text"
+        value_enum,
+        default_value_t = LogFormat::Text
     )]
-    log_format: String,
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -110,7 +120,7 @@ enum Command {
     },
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: LogFormat) {
     let filter = match std::env::var("WALHOOK_LOG").or_else(|_| std::env::var("RUST_LOG")) {
         Err(_) => EnvFilter::new("info"),
         Ok(directives) => EnvFilter::try_new(&directives).unwrap_or_else(|e| {
@@ -122,7 +132,7 @@ fn init_tracing(format: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -192,14 +202,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             run::run(config, &health, shutdown_signal()).await?;
         }
         Command::Check(arg) => {
-            let report = check::check(&arg.path()).await;
-            for finding in &report.findings {
+            let outcome = check::check(&arg.path()).await;
+            for finding in &outcome.report.findings {
                 println!("{finding}");
             }
-            if report.invalid_config {
+            if outcome.invalid_config {
                 return Err(Exit(EXIT_CONFIG).into());
             }
-            if !report.passed() {
+            if !outcome.report.passed() {
                 return Err(Exit(1).into());
             }
         }
@@ -208,14 +218,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             new_slot,
         } => {
             let config = load_config(&arg)?;
-            let router = walhook::triggers::Router::new(&config.triggers)?;
+            let router = walhook::triggers::Router::new(&config.triggers);
             let mut client = sql_client(&config).await?;
-            setup::check_wal_level(&client).await?;
-            let change =
-                setup::sync_publication(&client, &config.source.publication, &router.tables())
-                    .await?;
-            println!("publication {:?}: {change:?}", config.source.publication);
-            let slot = if new_slot {
+            // Accepting a lost slot comes first: the preflight refuses one.
+            let accepted = if new_slot {
                 let new = store::slot::start_new(&mut client, &config.source.slot).await?;
                 if let Some(since) = new.lost_since {
                     println!(
@@ -224,9 +230,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         config.source.slot, new.state.confirmed_flush, new.state.confirmed_flush
                     );
                 }
-                new.state
+                Some(new.state)
             } else {
-                store::slot::open(&mut client, &config.source.slot).await?
+                None
+            };
+            let report = preflight::database(&client, &config, &router).await?;
+            if !report.passed() {
+                return Err(preflight::Refused(report.errors()).into());
+            }
+            let change =
+                setup::sync_publication(&client, &config.source.publication, &router.tables())
+                    .await?;
+            println!("publication {:?}: {change:?}", config.source.publication);
+            let slot = match accepted {
+                Some(state) => state,
+                None => store::slot::open(&mut client, &config.source.slot).await?,
             };
             println!(
                 "slot {:?}: confirmed up to {}",
@@ -297,7 +315,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

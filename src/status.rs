@@ -105,19 +105,23 @@ pub fn slot_findings(
         message,
     };
     let mut out = Vec::new();
+    let lost = |loss, since| {
+        error(
+            slot::SlotError::Lost {
+                slot: name.to_string(),
+                loss,
+                since,
+            }
+            .to_string(),
+        )
+    };
     match (state, recorded) {
-        (None, Some(r)) => out.push(error(format!(
-            "slot {name:?}, which walhook streamed from, was dropped: changes committed after {} \
-             may never be delivered; `walhook setup --new-slot` accepts the gap and starts a new slot",
-            r.confirmed
-        ))),
+        (None, Some(r)) => out.push(lost(slot::Loss::Dropped, r.confirmed)),
         (None, None) => {}
-        (Some(s), r) if s.is_lost() => out.push(error(format!(
-            "slot {name:?} was invalidated by Postgres (wal_status = lost: it fell behind \
-             max_slot_wal_keep_size and the WAL it needed was removed): changes committed after \
-             {} may never be delivered; `walhook setup --new-slot` accepts the gap and starts a new slot",
-            r.map_or(s.confirmed_flush, |r| r.confirmed.max(s.confirmed_flush))
-        ))),
+        (Some(s), r) if s.is_lost() => out.push(lost(
+            slot::Loss::Invalidated,
+            r.map_or(s.confirmed_flush, |r| r.confirmed.max(s.confirmed_flush)),
+        )),
         (Some(s), _) => {
             if s.wal_status.as_deref() == Some("unreserved") {
                 out.push(Finding {
@@ -212,7 +216,7 @@ impl StatusReport {
                 (
                     t.name.clone(),
                     TriggerReport {
-                        table: format!("{}.{}", t.schema, t.table),
+                        table: t.table.to_string(),
                     },
                 )
             })

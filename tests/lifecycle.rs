@@ -203,8 +203,15 @@ fn an_invalidated_slot_is_an_error_for_run_check_and_status() {
     // invalidates it.
     rx.set_status(503);
     pg.psql(&db, "INSERT INTO t VALUES (1, 'x')");
-    std::thread::sleep(Duration::from_millis(300));
-    let (status, stdout, _) = walhook(&["status", "--max-lag", "1", "--config", config_arg]);
+    // (An asynchronous commit reaches pg_current_wal_lsn within wal_writer_delay.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (status, stdout) = loop {
+        let (status, stdout, _) = walhook(&["status", "--max-lag", "1", "--config", config_arg]);
+        if !status.success() || std::time::Instant::now() > deadline {
+            break (status, stdout);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(status.code(), Some(1), "{stdout}");
     assert!(
         stdout.contains("bytes behind the server's WAL (more than 1)"),
@@ -240,14 +247,16 @@ fn an_invalidated_slot_is_an_error_for_run_check_and_status() {
     let (status, stdout, _) = walhook(&["check", "--config", config_arg]);
     assert_eq!(status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.contains("error: slot \"walhook\" was invalidated by Postgres"),
+        stdout.contains("error: replication slot \"walhook\", which walhook streams from, was invalidated by Postgres"),
         "{stdout}"
     );
     let (status, stdout, _) = walhook(&["status", "--config", config_arg]);
     assert_eq!(status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("wal_status lost"), "{stdout}");
     assert!(
-        stdout.contains("error: slot \"walhook\" was invalidated"),
+        stdout.contains(
+            "error: replication slot \"walhook\", which walhook streams from, was invalidated"
+        ),
         "{stdout}"
     );
 

@@ -33,7 +33,7 @@ pub(super) struct Shared {
     pub on_4xx: On4xx,
     /// Bytes that may sit queued for this target; `submit` waits for permits.
     pub budget: Semaphore,
-    pub acks: mpsc::UnboundedSender<u64>,
+    pub acks: mpsc::UnboundedSender<super::Ack>,
     /// The dispatcher's current epoch (see `Dispatcher::discard_queued`).
     pub epoch: Arc<AtomicU64>,
     pub metrics: TargetMetrics,

@@ -53,13 +53,12 @@ pub enum RelationError {
     #[error("connecting for a catalog look-up failed: {0}")]
     Connect(#[source] ConnectError),
     /// The query itself failed (see [`RelationError::is_transient`]).
-    #[error("reading type {oid} from the catalog failed: {source}")]
+    #[error("reading type {oid} from the catalog failed: {}", crate::source::connection::describe_sql_error(.error))]
     Catalog {
         /// The type being resolved.
         oid: u32,
         /// The driver's error.
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
     /// `pg_type` has no such OID.
     #[error(
@@ -104,7 +103,7 @@ impl RelationError {
     /// server is shutting down or short of resources.
     pub fn is_transient(&self) -> bool {
         match self {
-            RelationError::Catalog { source, .. } => {
+            RelationError::Catalog { error: source, .. } => {
                 crate::source::connection::sql_error_is_transient(source)
             }
             RelationError::Column { source, .. } => source.is_transient(),
@@ -244,10 +243,7 @@ impl RelationCache {
                 &[&rel.id],
             )
             .await
-            .map_err(|source| RelationError::Catalog {
-                oid: rel.id,
-                source,
-            })?;
+            .map_err(|error| RelationError::Catalog { oid: rel.id, error })?;
         let names: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
         Ok((0..rel.columns.len())
             .filter(|&i| names.contains(&rel.columns[i].name))
@@ -320,7 +316,7 @@ impl RelationCache {
         outer: u32,
         depth: usize,
     ) -> Result<Arc<PgType>, RelationError> {
-        let catalog = |source| RelationError::Catalog { oid, source };
+        let catalog = |error| RelationError::Catalog { oid, error };
         let row = self
             .client()
             .await?

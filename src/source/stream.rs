@@ -71,6 +71,9 @@ pub enum SourceError {
     /// The slot is gone, or its recorded state could not be read.
     #[error(transparent)]
     Slot(#[from] crate::store::slot::SlotError),
+    /// The preflight found something `run` must not start with.
+    #[error(transparent)]
+    Refused(#[from] crate::preflight::Refused),
     /// A row could not be converted. walhook stops rather than skip the change; restarting
     /// meets it again, so the message names where it is.
     #[error(

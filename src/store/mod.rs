@@ -13,6 +13,8 @@
 
 use tokio_postgres::Client;
 
+use crate::source::connection::describe_sql_error;
+
 pub mod slot;
 
 /// One schema change, applied once.
@@ -49,15 +51,16 @@ const MIGRATION_LOCK: i64 = 0x0077_616c_686f_6f6b;
 pub enum StoreError {
     /// The role may not create or change the schema.
     #[error(
-        "{context}: {source} (create the walhook schema ahead of time by running sql/walhook.sql \
+        "{context}: {} (create the walhook schema ahead of time by running sql/walhook.sql \
          as the database owner, then grant this role USAGE on schema walhook and \
-         SELECT, INSERT, UPDATE, DELETE on its tables)"
+         SELECT, INSERT, UPDATE, DELETE on its tables)",
+        describe_sql_error(.error)
     )]
     Privilege {
         /// What was being done.
         context: String,
         /// The database error.
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
     /// The database has a newer schema than this walhook knows.
     #[error(
@@ -71,12 +74,12 @@ pub enum StoreError {
         known: i32,
     },
     /// A query failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", describe_sql_error(.error))]
     Sql {
         /// What was being done.
         context: String,
         /// The database error.
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
 }
 
@@ -84,8 +87,8 @@ impl StoreError {
     /// Whether retrying may help (the connection dropped) rather than needing a fix.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Sql { source, .. } => {
-                crate::source::connection::sql_error_is_transient(source)
+            StoreError::Sql { error, .. } => {
+                crate::source::connection::sql_error_is_transient(error)
             }
             StoreError::Privilege { .. } | StoreError::TooNew { .. } => false,
         }
@@ -94,10 +97,10 @@ impl StoreError {
 
 pub(crate) fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
     let context = context.into();
-    move |source| match source.code().map(|c| c.code()) {
+    move |error| match error.code().map(|c| c.code()) {
         // insufficient_privilege
-        Some("42501") => StoreError::Privilege { context, source },
-        _ => StoreError::Sql { context, source },
+        Some("42501") => StoreError::Privilege { context, error },
+        _ => StoreError::Sql { context, error },
     }
 }
 

@@ -162,7 +162,18 @@ pub async fn forget(client: &Client, slot: &str) -> Result<bool, StoreError> {
 /// it exists but was never recorded, and refused with [`SlotError::Lost`] if walhook
 /// streamed from it before and it has been dropped or invalidated since.
 pub async fn open(client: &mut Client, slot: &str) -> Result<SlotState, SlotError> {
-    store::migrate(client).await?;
+    match store::migrate(client).await {
+        Ok(_) => {}
+        // A role that may not create the schema still streams, unguarded, and says so
+        // (check warns about it too).
+        Err(e @ StoreError::Privilege { .. }) => {
+            tracing::warn!(
+                "cannot record the slot, so a slot dropped under walhook would not be noticed: {e}"
+            );
+            return Ok(setup::ensure_slot(client, slot).await?);
+        }
+        Err(e) => return Err(e.into()),
+    }
     let record = load(client, slot).await?;
     let state = setup::slot_state(client, slot).await?;
     let lost = |loss, since| SlotError::Lost {
