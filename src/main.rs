@@ -13,7 +13,7 @@ use walhook::server::{self, Health};
 use walhook::source::conninfo::{self, ConnInfo};
 use walhook::source::setup;
 use walhook::tail::{self, TailOptions};
-use walhook::{check, listen, preflight, run, store};
+use walhook::{check, listen, preflight, store};
 
 /// Exit code for a config file that is invalid (clap uses 2 for bad arguments too).
 const EXIT_CONFIG: u8 = 2;
@@ -199,7 +199,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 let bound = server::start(addr, health.clone(), metrics).await?;
                 tracing::info!("status server on http://{bound} (/healthz /readyz /metrics)");
             }
-            run::run(config, &health, shutdown_signal()).await?;
+            walhook::reload::run_reloading(arg.path(), config, &health, shutdown_signal).await?;
         }
         Command::Check(arg) => {
             let outcome = check::check(&arg.path()).await;

@@ -269,3 +269,66 @@ fn an_invalidated_slot_is_an_error_for_run_check_and_status() {
     let (status, stdout, _) = walhook(&["check", "--config", config_arg]);
     assert!(status.success(), "{stdout}");
 }
+
+// ================================================================ 5. SIGHUP
+
+#[test]
+fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_invalid() {
+    let (pg, db, rx, dir) = scenario(&[], "CREATE TABLE t (id int PRIMARY KEY)");
+    let first = trigger_toml("t", "t", &rx.url("/first"), &[]);
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &first);
+    let mut daemon = Walhook::streaming(&config);
+    pg.psql(&db, "INSERT INTO t VALUES (1)");
+    rx.wait_until(Duration::from_secs(20), "row 1 at /first", |r| {
+        r.iter().any(|r| r.path == "/first" && r.ok())
+    });
+
+    // A valid new config: the pipeline restarts with it, in the same process.
+    let second = trigger_toml("t", "t", &rx.url("/second"), &[]);
+    write_config(dir.path(), &pg.url(&db), FAST, &second);
+    daemon.signal("-HUP");
+    daemon.wait_log("config reloaded", 1, Duration::from_secs(20));
+    daemon.wait_log("streaming slot=", 2, Duration::from_secs(30));
+    assert!(
+        daemon.log_text().contains("stopped"),
+        "no final status update"
+    );
+    pg.psql(&db, "INSERT INTO t VALUES (2)");
+    rx.wait_until(Duration::from_secs(20), "row 2 at /second", |r| {
+        r.iter()
+            .any(|r| r.path == "/second" && r.json()["record"]["id"] == 2)
+    });
+
+    // An invalid one: every problem is logged and the running config stays.
+    let broken = format!(
+        "{}colour = \"blue\"\n\n{}",
+        trigger_toml("t", "t", &rx.url("/third"), &[]),
+        trigger_toml("u", "missing_table", &rx.url("/third"), &[])
+    );
+    write_config(dir.path(), &pg.url(&db), FAST, &broken);
+    daemon.signal("-HUP");
+    daemon.wait_log("the new config is not valid", 1, Duration::from_secs(20));
+    let log = daemon.log_text();
+    assert!(log.contains("colour"), "{log}");
+    // The file's problem is reported; it is not started.
+    assert_eq!(daemon.log_count("config reloaded"), 1);
+    pg.psql(&db, "INSERT INTO t VALUES (3)");
+    rx.wait_until(Duration::from_secs(20), "row 3 at /second", |r| {
+        r.iter()
+            .any(|r| r.path == "/second" && r.json()["record"]["id"] == 3)
+    });
+    assert!(daemon.is_running());
+    assert!(rx.requests().iter().all(|r| r.path != "/third"));
+
+    // A valid file whose database side fails the preflight is refused too.
+    let missing = trigger_toml("u", "missing_table", &rx.url("/third"), &[]);
+    write_config(dir.path(), &pg.url(&db), FAST, &missing);
+    daemon.signal("-HUP");
+    daemon.wait_log("the new config is not valid", 2, Duration::from_secs(20));
+    assert!(
+        daemon.log_text().contains("missing_table"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(daemon.is_running());
+}
