@@ -18,6 +18,7 @@
 //! - [`triggers`]: which trigger a change fires, and the payload it gets.
 //! - [`delivery`]: HTTP delivery per target, signing, retry.
 //! - [`progress`]: in-flight transactions and the LSN that is safe to confirm.
+//! - [`fence`]: an instance delivers only while its stream has been heard from recently.
 //! - [`reload`]: SIGHUP: a valid new config restarts the pipeline, an invalid one is refused.
 //! - [`store`]: the `walhook` schema (state that outlives a process) and its migrations.
 //! - [`status`]: `walhook status`: the slot's health and each trigger's state.
@@ -26,6 +27,7 @@ pub mod check;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod fence;
 pub mod listen;
 pub mod lsn;
 pub mod preflight;

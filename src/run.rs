@@ -18,11 +18,13 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::config::Config;
 use crate::delivery::{Ack, DeliveryError, Dispatcher, Job};
+use crate::fence::{self, Fence};
 use crate::preflight::{self, Refused};
 use crate::progress::{Progress, TxnId};
 use crate::server::Health;
 use crate::source::conninfo::{self, ConnInfo, ConnInfoError};
 use crate::source::session::{self, SessionOptions, Slot};
+use crate::source::setup;
 use crate::source::stream::{Confirmer, ReplicationStream, SourceError, SourceEvent};
 use crate::store::slot;
 use crate::triggers::Router;
@@ -84,6 +86,9 @@ pub async fn run(
         confirmer: None,
     }));
     let acks = tokio::spawn(apply_acks(ack_rx, current.clone()));
+    let fence = dispatcher.fence();
+    let fenced = Arc::new(tokio::sync::Notify::new());
+    let watchdog = tokio::spawn(watchdog(fence.clone(), fenced.clone()));
     let recorder = tokio::spawn(record_position(
         conninfo.clone(),
         config.source.slot.clone(),
@@ -107,8 +112,14 @@ pub async fn run(
             health,
             session,
             in_flight: metrics::gauge!("walhook_transactions_in_flight"),
+            fenced: &fenced,
         };
         let attempt = stream_once(ctx, stop.as_mut()).await;
+        if attempt.is_err() {
+            // The stream ended: what is still queued waits for the next session (which
+            // discards it and sends it again), so nothing goes out behind a standby's back.
+            fence.close();
+        }
         if health.is_streaming() {
             // The session had been streaming: this is a fresh failure, retry soon.
             backoff = Duration::from_millis(500);
@@ -156,6 +167,7 @@ pub async fn run(
     // The dispatcher is gone, so the ack channel closes once every ack is applied.
     let _ = acks.await;
     recorder.abort();
+    watchdog.abort();
     if let Some(stream) = open_stream {
         let lsn = current.lock().await.progress.confirmed();
         stream.confirm(lsn);
@@ -167,6 +179,21 @@ pub async fn run(
         tracing::info!(confirmed = %lsn, "stopped");
     }
     result
+}
+
+/// Ticks the fence; a late tick (the process was paused) ends the session.
+async fn watchdog(fence: Arc<Fence>, fenced: Arc<tokio::sync::Notify>) {
+    loop {
+        tokio::time::sleep(fence::TICK).await;
+        if let Some(gap) = fence.tick() {
+            tracing::warn!(
+                paused = ?gap,
+                "walhook was paused longer than half of wal_sender_timeout; not sending until \
+                 a new session proves it still owns the slot"
+            );
+            fenced.notify_one();
+        }
+    }
 }
 
 /// Keeps `walhook.slot_state` a few seconds behind the delivered position, so if the slot
@@ -228,6 +255,8 @@ struct Ctx<'a> {
     session: u64,
     /// Transactions read and not yet delivered (entries of the progress queue).
     in_flight: metrics::Gauge,
+    /// Notified when the fence closes because the process was paused.
+    fenced: &'a tokio::sync::Notify,
 }
 
 impl Ctx<'_> {
@@ -257,14 +286,18 @@ async fn stream_once(
         if !report.passed() {
             return Err(Refused(report.errors()).into());
         }
-        session::open_on(client, &options).await
+        let timeout = setup::wal_sender_timeout_ms(&client).await?;
+        Ok::<_, SourceError>((session::open_on(client, &options).await?, timeout))
     };
-    let mut stream = tokio::select! {
+    let (mut stream, wal_sender_timeout) = tokio::select! {
         s = setup => s?,
         _ = &mut stop => return Ok(None),
     };
     // The new session sends again everything queued from an earlier one.
     ctx.dispatcher.discard_queued();
+    ctx.dispatcher
+        .fence()
+        .open(Fence::bound_for(wal_sender_timeout));
     ctx.health.set_streaming(true);
     *ctx.current.lock().await = Current {
         session: ctx.session,
@@ -276,6 +309,7 @@ async fn stream_once(
         let event = tokio::select! {
             e = stream.next() => e?,
             _ = &mut stop => return Ok(Some(stream)),
+            () = ctx.fenced.notified() => return Err(SourceError::Fenced),
         };
         match event {
             SourceEvent::Begin { .. } => ctx.progress(|p| txn = p.begin()).await,
@@ -301,6 +335,7 @@ async fn stream_once(
                         _ = ctx.dispatcher.submit(r.trigger, job) => {}
                         // Not delivered, not confirmed: the next run sends it again.
                         _ = &mut stop => return Ok(Some(stream)),
+                        () = ctx.fenced.notified() => return Err(SourceError::Fenced),
                     }
                 }
             }

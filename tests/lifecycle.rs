@@ -332,3 +332,51 @@ fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_invalid() {
     );
     assert!(daemon.is_running());
 }
+
+// ================================================================ 7. a paused instance
+
+#[test]
+fn a_paused_instance_does_not_deliver_after_its_standby_took_over() {
+    // The walsender gives up on a silent client after wal_sender_timeout: keep it short.
+    let (pg, db, rx, dir) = scenario(
+        &["wal_sender_timeout = 6s"],
+        "CREATE TABLE t (id int PRIMARY KEY)",
+    );
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), &["concurrency = 4"]);
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let active = Walhook::streaming(&config);
+    let standby = Walhook::start(&config);
+    standby.wait_log("waiting as a standby", 1, Duration::from_secs(30));
+
+    // The active instance holds 200 events it cannot deliver yet, then freezes.
+    rx.set_status(503);
+    pg.psql(&db, "INSERT INTO t SELECT g FROM generate_series(1, 200) g");
+    rx.wait_until(Duration::from_secs(20), "attempts of the active one", |r| {
+        r.len() >= 4
+    });
+    active.signal("-STOP");
+    rx.set_status(200);
+    standby.wait_log("streaming slot=", 1, Duration::from_secs(60));
+    rx.wait_until(Duration::from_secs(30), "the standby delivers all", |r| {
+        delivered_rows(r).len() == 200
+    });
+    wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(30));
+    let before = rx.requests().len();
+
+    // Woken up, the old instance must not send its queue again behind the standby's back.
+    active.signal("-CONT");
+    active.wait_log(
+        "paused longer than half of wal_sender_timeout",
+        1,
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let after = rx.requests();
+    assert_eq!(
+        after.len(),
+        before,
+        "the paused instance sent {} requests after waking",
+        after.len() - before
+    );
+    active.wait_log("waiting as a standby", 1, Duration::from_secs(20));
+}

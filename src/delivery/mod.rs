@@ -119,6 +119,8 @@ pub struct Dispatcher {
     tasks: JoinSet<()>,
     /// Bumped by [`Dispatcher::discard_queued`]; jobs submitted before are dropped.
     epoch: Arc<AtomicU64>,
+    /// Lanes send only while it is open.
+    fence: Arc<crate::fence::Fence>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -142,6 +144,7 @@ impl Dispatcher {
         describe_metrics();
         let (stop, stop_rx) = watch::channel(false);
         let epoch = Arc::new(AtomicU64::new(0));
+        let fence = Arc::new(crate::fence::Fence::default());
         let mut tasks = JoinSet::new();
         let mut handles = Vec::with_capacity(triggers.len());
         // One TLS configuration for every target: the roots are parsed once.
@@ -173,6 +176,7 @@ impl Dispatcher {
                 gone: AtomicBool::new(false),
                 resumed: Notify::new(),
                 warn_throttle: Throttle::new(),
+                fence: fence.clone(),
             });
             let capacity = (4 * spec.batch.get()).max(256);
             let mut lanes = Vec::with_capacity(spec.concurrency.get());
@@ -192,6 +196,7 @@ impl Dispatcher {
             stop,
             tasks,
             epoch,
+            fence,
         })
     }
 
@@ -225,6 +230,11 @@ impl Dispatcher {
             t.shared.metrics.depth.decrement(1.0);
             tracing::error!(trigger = %t.shared.name, job = %q.job.id, "lane has stopped; the job will not be delivered or acked");
         }
+    }
+
+    /// The fence every lane checks before each request; the run side opens and closes it.
+    pub fn fence(&self) -> Arc<crate::fence::Fence> {
+        self.fence.clone()
     }
 
     /// Drops every job submitted so far that is not on the wire, without acking it: after a

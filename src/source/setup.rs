@@ -407,6 +407,18 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     }))
 }
 
+/// `wal_sender_timeout` in milliseconds (0: disabled).
+pub async fn wal_sender_timeout_ms(client: &Client) -> Result<i64, SetupError> {
+    let row = client
+        .query_one(
+            "SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout'",
+            &[],
+        )
+        .await
+        .map_err(sql("reading wal_sender_timeout"))?;
+    row.try_get(0).map_err(sql("reading wal_sender_timeout"))
+}
+
 /// `max_slot_wal_keep_size` as Postgres shows it (`-1` is unlimited).
 pub async fn max_slot_wal_keep_size(client: &Client) -> Result<String, SetupError> {
     let row = client

@@ -98,6 +98,12 @@ pub enum SourceError {
     /// not yet gone).
     #[error("the replication slot is in use by walsender pid {0}")]
     SlotActive(i32),
+    /// The process was paused too long to trust that it still owns the slot.
+    #[error(
+        "walhook was paused longer than half of wal_sender_timeout: its stream may have ended \
+         and a standby may own the slot, so it stopped sending and reconnects"
+    )]
+    Fenced,
     /// The server ended the replication stream.
     #[error("the server ended the replication stream")]
     Ended,
@@ -111,7 +117,7 @@ impl SourceError {
             SourceError::Relation(e) => e.is_transient(),
             SourceError::Setup(e) => e.is_transient(),
             SourceError::Slot(e) => e.is_transient(),
-            SourceError::Ended | SourceError::SlotActive(_) => true,
+            SourceError::Ended | SourceError::SlotActive(_) | SourceError::Fenced => true,
             _ => false,
         }
     }
