@@ -380,3 +380,43 @@ fn a_paused_instance_does_not_deliver_after_its_standby_took_over() {
     );
     active.wait_log("waiting as a standby", 1, Duration::from_secs(20));
 }
+
+// ================================================================ 4. no permanent stall
+
+#[test]
+fn a_value_whose_type_was_dropped_is_delivered_as_its_text() {
+    let (pg, db, rx, dir) = scenario(
+        &[],
+        "CREATE TYPE mood AS ENUM ('ok', 'sad');
+         CREATE TABLE t (id int PRIMARY KEY, m mood)",
+    );
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), &[]);
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let (status, stdout, stderr) = walhook(&["setup", "--config", config.to_str().unwrap()]);
+    assert!(status.success(), "{stdout}{stderr}");
+    // Written while the type exists, decoded after it is gone.
+    pg.psql(&db, "INSERT INTO t VALUES (1, 'sad')");
+    pg.psql(
+        &db,
+        "ALTER TABLE t ALTER m TYPE text; DROP TYPE mood; INSERT INTO t VALUES (2, 'fine')",
+    );
+    let mut daemon = Walhook::streaming(&config);
+    let reqs = rx.wait_until(Duration::from_secs(20), "both rows", |r| {
+        delivered_rows(r).len() == 2
+    });
+    let first = reqs
+        .iter()
+        .map(|r| r.json())
+        .find(|b| b["record"]["id"] == 1)
+        .unwrap();
+    assert_eq!(first["record"]["m"], "sad");
+    assert!(
+        daemon
+            .log_text()
+            .contains("the column's type no longer exists"),
+        "{}",
+        daemon.log_text()
+    );
+    wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(20));
+    assert!(daemon.is_running());
+}

@@ -61,10 +61,7 @@ pub enum RelationError {
         error: tokio_postgres::Error,
     },
     /// `pg_type` has no such OID.
-    #[error(
-        "type {oid} is not in pg_type; it was probably dropped after the change was written \
-         (recreate the type, or remove the table from the publication)"
-    )]
+    #[error("type {oid} is not in pg_type; it was probably dropped after the change was written")]
     UnknownType {
         /// The missing type.
         oid: u32,
@@ -202,15 +199,31 @@ impl RelationCache {
         self.types.retain(|&oid, _| oid < FIRST_NORMAL_OID);
         let mut types = Vec::with_capacity(rel.columns.len());
         for column in &rel.columns {
-            let ty =
-                self.resolve_type(column.type_oid)
-                    .await
-                    .map_err(|e| RelationError::Column {
+            let ty = match self.resolve_type(column.type_oid).await {
+                Ok(ty) => ty,
+                // The change was written while the type existed; the catalog is read now.
+                // Its text is what pgoutput sent: deliver that rather than stop for good
+                // (recreating a type never brings its OID back).
+                Err(RelationError::UnknownType { oid }) => {
+                    tracing::warn!(
+                        table = %format!("{}.{}", rel.namespace, rel.name),
+                        column = %column.name,
+                        type_oid = oid,
+                        "the column's type no longer exists (dropped after the change was \
+                         written); its values are delivered as their text"
+                    );
+                    metrics::counter!("walhook_dropped_type_columns_total").increment(1);
+                    Arc::new(PgType::Text)
+                }
+                Err(e) => {
+                    return Err(RelationError::Column {
                         schema: rel.namespace.clone(),
                         table: rel.name.clone(),
                         column: column.name.clone(),
                         source: Box::new(e),
-                    })?;
+                    });
+                }
+            };
             types.push(ty);
         }
         let key_columns = if rel.replica_identity == pgoutput::ReplicaIdentity::Full {
