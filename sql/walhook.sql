@@ -10,9 +10,9 @@ CREATE TABLE IF NOT EXISTS walhook.schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
--- 0002 slot_state
+-- 0001 slot_state
 DO $walhook$ BEGIN
-IF NOT EXISTS (SELECT 1 FROM walhook.schema_migrations WHERE version = 2) THEN
+IF NOT EXISTS (SELECT 1 FROM walhook.schema_migrations WHERE version = 1) THEN
 -- The slot walhook streams from, so a slot dropped or invalidated under walhook is noticed
 -- rather than silently created again: one row per slot walhook created or adopted.
 CREATE TABLE walhook.slot_state (
@@ -27,7 +27,7 @@ CREATE TABLE walhook.slot_state (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO walhook.schema_migrations (version, name) VALUES (2, 'slot_state');
+INSERT INTO walhook.schema_migrations (version, name) VALUES (1, 'slot_state');
 END IF;
 END $walhook$;
 COMMIT;

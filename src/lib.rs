@@ -22,15 +22,20 @@
 //! - [`reload`]: SIGHUP: a valid new config restarts the pipeline, an invalid one is refused.
 //! - [`store`]: the `walhook` schema (state that outlives a process) and its migrations.
 //! - [`status`]: `walhook status`: the slot's health and each trigger's state.
+//! - [`run`]: the daemon loop that joins them; [`server`] and [`summary`]: what an operator
+//!   sees of it; [`probe`]: `walhook health`.
+//! - [`check`], [`tail`], [`listen`], [`demo`]: the other commands.
 
 pub mod check;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod event;
 pub mod fence;
 pub mod listen;
 pub mod lsn;
 pub mod preflight;
+pub mod probe;
 pub mod progress;
 pub mod reload;
 pub mod run;
@@ -38,5 +43,6 @@ pub mod server;
 pub mod source;
 pub mod status;
 pub mod store;
+pub mod summary;
 pub mod tail;
 pub mod triggers;

@@ -8,7 +8,8 @@
 //! set and the signature is missing or wrong — the line is still printed, and walhook then
 //! logs the 401 and retries, exactly as it would against a real receiver that checks
 //! signatures, so a wrong secret shows up on both sides instead of passing silently. 500 if
-//! the line cannot be written (so the sender keeps the event).
+//! the line cannot be written (so the sender keeps the event). `GET /healthz` answers 200 and
+//! is not printed, for container health checks.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,10 @@ async fn receive<W: Write + Send + 'static>(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    // A health check (walhook delivers with POST, PUT or PATCH, never GET): not printed.
+    if method == Method::GET && uri.path() == "/healthz" {
+        return StatusCode::OK;
+    }
     let (line, verified) = render(state.signer.as_ref(), &method, &uri, &headers, &body);
     let written = match state.out.lock() {
         Ok(mut out) => out.write_all(line.as_bytes()).and_then(|()| out.flush()),

@@ -13,7 +13,7 @@ use walhook::server::{self, Health};
 use walhook::source::conninfo::{self, ConnInfo};
 use walhook::source::setup;
 use walhook::tail::{self, TailOptions};
-use walhook::{check, listen, preflight, store};
+use walhook::{check, demo, listen, preflight, probe, store, summary};
 
 /// Exit code for a config file that is invalid (clap uses 2 for bad arguments too).
 const EXIT_CONFIG: u8 = 2;
@@ -34,6 +34,9 @@ struct Cli {
         default_value_t = LogFormat::Text
     )]
     log_format: LogFormat,
+    /// No periodic summary line (run, demo).
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -88,6 +91,21 @@ enum Command {
         #[arg(long, value_name = "BYTES", default_value_t = walhook::status::DEFAULT_MAX_LAG)]
         max_lag: u64,
     },
+    /// Try walhook in one command: a throwaway Postgres, sample writes, and a receiver that
+    /// prints every delivery (needs the PostgreSQL server programs; removes everything on Ctrl-C).
+    Demo,
+    /// Ask a running walhook's status server whether it is healthy (exit 0) or not (exit 1);
+    /// for container health checks.
+    Health {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// host:port of the status server [default: the config's `[server] listen`, on loopback].
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// Check /readyz (streaming from the slot) instead of /healthz (the process serves).
+        #[arg(long)]
+        ready: bool,
+    },
     /// A local receiver: prints each delivery as a JSON line and checks its signature.
     Listen {
         /// Address to listen on.
@@ -97,7 +115,7 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
         /// The trigger's secret (whsec_…): deliveries without a valid signature get 401.
-        #[arg(long, env = "WALHOOK_LISTEN_SECRET", hide_env_values = true)]
+        #[arg(long, env = "WALHOOK_LISTEN_SECRET", hide_env_values = true, value_parser = parse_secret)]
         secret: Option<String>,
     },
     /// Print decoded row changes as JSON lines, from a temporary slot (leaves nothing behind).
@@ -118,6 +136,13 @@ enum Command {
         #[arg(long)]
         endpos: Option<walhook::lsn::Lsn>,
     },
+}
+
+/// `--secret` must be a Standard Webhooks secret, parsed as the config parses it.
+fn parse_secret(s: &str) -> Result<String, String> {
+    walhook::delivery::sign::Signer::new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn init_tracing(format: LogFormat) {
@@ -190,14 +215,16 @@ async fn sql_client(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if !cli.quiet && matches!(cli.command, Command::Run(_) | Command::Demo) {
+        tokio::spawn(summary::report(summary::INTERVAL));
+    }
     match cli.command {
         Command::Run(arg) => {
             let config = load_config(&arg)?;
             let health = Arc::new(Health::default());
             let metrics = server::install_metrics()?;
             if let Some(addr) = config.server.listen {
-                let bound = server::start(addr, health.clone(), metrics).await?;
-                tracing::info!("status server on http://{bound} (/healthz /readyz /metrics)");
+                server::start(addr, health.clone(), metrics).await?;
             }
             walhook::reload::run_reloading(arg.path(), config, &health, shutdown_signal).await?;
         }
@@ -254,14 +281,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Teardown(arg) => {
             let config = load_config(&arg)?;
             let client = sql_client(&config).await?;
-            let dropped = setup::drop_slot(&client, &config.source.slot).await?;
+            let outcome = |dropped| if dropped { "dropped" } else { "did not exist" };
+            let slot = setup::drop_slot(&client, &config.source.slot).await?;
             store::slot::forget(&client, &config.source.slot).await?;
-            setup::drop_publication(&client, &config.source.publication).await?;
+            let publication = setup::drop_publication(&client, &config.source.publication).await?;
             println!(
-                "slot {:?}: {}; publication {:?}: dropped",
+                "slot {:?}: {}; publication {:?}: {}",
                 config.source.slot,
-                if dropped { "dropped" } else { "did not exist" },
-                config.source.publication
+                outcome(slot),
+                config.source.publication,
+                outcome(publication)
             );
         }
         Command::Status {
@@ -281,8 +310,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 return Err(Exit(1).into());
             }
         }
+        Command::Demo => demo::demo(shutdown_signal()).await?,
+        Command::Health {
+            config: arg,
+            addr,
+            ready,
+        } => {
+            let addr = match addr {
+                Some(a) => a,
+                None => {
+                    let listen = load_config(&arg)?.server.listen.ok_or_else(|| {
+                        anyhow::anyhow!("the config turns the status server off ([server] listen = \"\"); give --addr")
+                    })?;
+                    probe::loopback(listen)
+                }
+            };
+            let path = if ready { "/readyz" } else { "/healthz" };
+            let answer = probe::get(addr, path).await?;
+            println!("http://{addr}{path}: {answer}");
+            if !answer.is_ok() {
+                return Err(Exit(1).into());
+            }
+        }
         Command::Listen { host, port, secret } => {
-            let listener = tokio::net::TcpListener::bind((host, port)).await?;
+            let addr = std::net::SocketAddr::new(host, port);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
             eprintln!("walhook listen: http://{}", listener.local_addr()?);
             tokio::select! {
                 r = listen::serve(listener, secret, std::io::stdout()) => r?,

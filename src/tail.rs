@@ -4,7 +4,7 @@ use std::io::Write;
 
 use crate::event::Event;
 use crate::lsn::Lsn;
-use crate::source::conninfo::ConnInfo;
+use crate::source::conninfo::{self, ConnInfo};
 use crate::source::session::{self, SessionOptions, Slot};
 use crate::source::stream::{SourceError, SourceEvent};
 
@@ -29,6 +29,27 @@ pub enum TailError {
     /// The source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// A `--table` that the publication does not publish: it would print nothing, ever.
+    #[error(
+        "--table {tables}: not in publication {publication:?}, which publishes {published}; \
+         add it (ALTER PUBLICATION … ADD TABLE …) or leave that --table out"
+    )]
+    NotPublished {
+        /// The tables asked for and not published, `schema.table`, comma-separated.
+        tables: String,
+        /// The publication.
+        publication: String,
+        /// What it does publish.
+        published: String,
+    },
+    /// Looking the publication's tables up failed.
+    #[error("reading the tables of publication {publication:?}: {source}")]
+    Catalog {
+        /// The publication.
+        publication: String,
+        /// Why.
+        source: tokio_postgres::Error,
+    },
     /// stdout is gone (e.g. the reader of a pipe exited).
     #[error("writing to stdout: {0}")]
     Stdout(#[from] std::io::Error),
@@ -45,6 +66,7 @@ pub async fn tail(
     mut out: impl Write,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), TailError> {
+    check_tables(&opts).await?;
     let (slot, confirm) = match opts.slot {
         Some(name) => (Slot::Existing(name), false),
         None => (
@@ -102,4 +124,59 @@ pub async fn tail(
     };
     stream.close().await;
     result
+}
+
+/// Refuses `--table`s the publication does not publish. A missing publication is left to
+/// [`session::open`], which reports it.
+async fn check_tables(opts: &TailOptions) -> Result<(), TailError> {
+    if opts.tables.is_empty() {
+        return Ok(());
+    }
+    let client = conninfo::connect_sql(&opts.conninfo)
+        .await
+        .map_err(SourceError::from)?;
+    let catalog = |source| TailError::Catalog {
+        publication: opts.publication.clone(),
+        source,
+    };
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&opts.publication],
+        )
+        .await
+        .map_err(catalog)?;
+    if exists.is_none() {
+        return Ok(());
+    }
+    let published: Vec<(String, String)> = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
+             WHERE pubname = $1 ORDER BY 1, 2",
+            &[&opts.publication],
+        )
+        .await
+        .map_err(catalog)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let missing: Vec<String> = opts
+        .tables
+        .iter()
+        .filter(|t| !published.contains(t))
+        .map(|(s, t)| format!("{s}.{t}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = published.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+    Err(TailError::NotPublished {
+        tables: missing.join(", "),
+        publication: opts.publication.clone(),
+        published: if names.is_empty() {
+            "no tables".to_owned()
+        } else {
+            names.join(", ")
+        },
+    })
 }

@@ -458,3 +458,91 @@ async fn slot_creation_waiting_for_a_transaction_can_be_cancelled() {
     // The session is still usable after a cancelled command.
     identify(&mut conn).await;
 }
+
+#[tokio::test]
+async fn unix_socket_hosts_connect_for_replication_and_sql() {
+    use std::os::unix::fs::PermissionsExt;
+    let sockets = tempfile::Builder::new()
+        .prefix("walhook-sock-")
+        .tempdir()
+        .unwrap();
+    // The server may run as the postgres user: it must be able to create its socket here.
+    std::fs::set_permissions(sockets.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = sockets.path().display().to_string();
+    let cluster = Cluster::start_with(&[&format!("unix_socket_directories = '{dir}'")]);
+    for url in [
+        format!(
+            "host={dir} port={} user=postgres dbname=postgres",
+            cluster.port
+        ),
+        format!(
+            "postgres://postgres@/postgres?host={dir}&port={}",
+            cluster.port
+        ),
+        // sslmode is ignored on a socket, as in libpq.
+        format!(
+            "host={dir} port={} user=postgres dbname=postgres sslmode=require",
+            cluster.port
+        ),
+    ] {
+        let mut conn = connect(&url).await.expect(&url);
+        assert!(!conn.is_tls());
+        identify(&mut conn).await;
+        conn.close().await.expect("close");
+        let client = connect_sql(&info(&url)).await.expect(&url);
+        let row = client
+            .query_one("SELECT inet_server_addr() IS NULL", &[])
+            .await
+            .unwrap();
+        assert!(
+            row.get::<_, bool>(0),
+            "a socket connection has no server address"
+        );
+    }
+    let err = connect(&format!("host={dir} port=1 user=postgres"))
+        .await
+        .expect_err("no socket for that port");
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("Unix-domain socket {dir}/.s.PGSQL.1")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_password_file_supplies_a_missing_password() {
+    use std::os::unix::fs::PermissionsExt;
+    use walhook::source::libpq_files::SystemFiles;
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pgpass = dir.path().join("pgpass");
+    std::fs::write(
+        &pgpass,
+        format!(
+            "# walhook\n127.0.0.1:{}:*:{MD5_USER}:{MD5_USER}\n",
+            cluster.port
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = pgpass.display().to_string();
+    let env = |k: &str| (k == "PGPASSFILE").then(|| path.clone());
+    let url = format!(
+        "postgres://{MD5_USER}@127.0.0.1:{}/postgres?sslmode=disable",
+        cluster.port
+    );
+    let with_file = ConnInfo::parse_with(&url, &env, &SystemFiles).unwrap();
+    let mut conn = ReplicationConnection::connect(&with_file)
+        .await
+        .expect("password from the file");
+    identify(&mut conn).await;
+    conn.close().await.expect("close");
+    // Readable by others: ignored, so the server's password request cannot be answered.
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ignored = ConnInfo::parse_with(&url, &env, &SystemFiles).unwrap();
+    let err = ReplicationConnection::connect(&ignored)
+        .await
+        .expect_err("no password");
+    assert!(matches!(err, ConnectError::PasswordRequired(_)), "{err}");
+}

@@ -860,6 +860,34 @@ async fn listen_without_a_secret_reports_null_and_keeps_non_json_as_text() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_answers_health_checks_without_printing_them_but_prints_deliveries_there() {
+    let (url, lines, task) = listen(Some(SECRET)).await;
+    let addr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+        .parse()
+        .unwrap();
+    let answer = walhook::probe::get(addr, "/healthz").await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(
+        lines.parsed().is_empty(),
+        "a health check is not a delivery"
+    );
+    // A trigger whose URL happens to end in /healthz still gets its deliveries printed.
+    let mut t = target(url.join("/healthz").unwrap());
+    t.delivery.signer = signer(SECRET);
+    let (d, mut rx) = start(t);
+    d.submit(T0, job(1)).await;
+    acks(&mut rx, 1, Duration::from_secs(5)).await;
+    d.shutdown(Duration::from_secs(1)).await;
+    let got = lines.parsed();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0]["path"].as_str(), got[0]["verified"].as_bool()),
+        (Some("/healthz"), Some(true))
+    );
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_outcomes_time_requests_and_track_depth() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let prometheus = recorder.handle();

@@ -250,6 +250,26 @@ fn tail_start_up_errors_are_one_clear_line() {
 }
 
 #[test]
+fn tail_refuses_a_table_the_publication_does_not_publish() {
+    let (pg, db) = Cluster::with_app_db(
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY); \
+         CREATE PUBLICATION pub FOR TABLE t;",
+    );
+    let err = tail_error_with(
+        &pg.url(&db),
+        &["--publication", "pub", "--table", "t", "--table", "other"],
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--table public.other: not in publication \"pub\", which publishes public.t"),
+        "{err}"
+    );
+    // A missing publication is still reported as such, not as a missing table.
+    let err = tail_error_with(&pg.url(&db), &["--publication", "nope", "--table", "t"]);
+    assert!(err.contains("publication \"nope\" does not exist"), "{err}");
+}
+
+#[test]
 fn tail_refuses_a_server_without_logical_wal() {
     let pg = Cluster::start_with(&["wal_level = replica"]);
     let err = tail_error(&pg.url("postgres"), "pub");

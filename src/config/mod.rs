@@ -16,9 +16,10 @@
 //!   rather than silently folded, since either reading would surprise someone.
 //! - Trigger keys in messages are `trigger "name".key`, or `trigger[n].key` (n from 1, in file
 //!   order) when the trigger has no usable name.
-//! - `[server] listen` defaults to `0.0.0.0:9187`: health probes and Prometheus scrapes come
+//! - `[server] listen` defaults to `0.0.0.0:8187`: health probes and Prometheus scrapes come
 //!   from outside the process's network namespace (kubelet, sidecar scrapers), and the
-//!   endpoints expose no row data. `listen = ""` disables the server.
+//!   endpoints expose no row data. Not 9187, postgres_exporter's port, which often runs on
+//!   the same host. `listen = ""` disables the server.
 //! - Messages never contain the value of `source.url`, `secret`, a header value or a trigger
 //!   URL (webhook URLs often carry tokens in their path).
 //!
@@ -153,7 +154,7 @@ pub struct ServerConfig {
 }
 
 /// The listen address used when `[server] listen` is not given.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9187";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8187";
 
 impl Default for ServerConfig {
     fn default() -> Self {

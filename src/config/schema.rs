@@ -184,7 +184,7 @@ impl Reader<'_> {
             Ok(addr) => Some(ServerConfig { listen: Some(addr) }),
             Err(_) => {
                 let message = format!(
-                    "`{listen}` is not an address like \"127.0.0.1:9187\" or \"[::]:9187\" (use \"\" to disable)"
+                    "`{listen}` is not an address like \"127.0.0.1:8187\" or \"[::]:8187\" (use \"\" to disable)"
                 );
                 self.problem(found.span, "server.listen", message);
                 None

@@ -65,7 +65,7 @@ fn the_design_example_loads() {
     let c = ok(FULL_EXAMPLE);
     assert_eq!(c.source.url, "postgres://walhook:hunter2@db/app");
     assert_eq!(c.source.slot, "walhook");
-    assert_eq!(c.server.listen, Some("0.0.0.0:9187".parse().unwrap()));
+    assert_eq!(c.server.listen, Some("0.0.0.0:8187".parse().unwrap()));
     let t = &c.triggers[0];
     assert_eq!(t.name, "order-paid");
     assert_eq!(t.table, TableName::new("public", "orders"));

@@ -220,6 +220,7 @@ async fn deliver(
         let result = shared.client.send(conn, &id, body.clone()).await;
         shared.metrics.seconds.record(started.elapsed());
         shared.metrics.outcomes[result.verdict.index()].increment(events);
+        crate::server::ACTIVITY.request(result.verdict == Verdict::Delivered, events);
         let hint = match result.verdict {
             Verdict::Delivered => {
                 if shared.gone.swap(false, AtomicOrdering::AcqRel) {

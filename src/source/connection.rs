@@ -50,6 +50,14 @@ pub enum ConnectError {
         /// The last address's error.
         source: io::Error,
     },
+    /// The Unix-domain socket could not be connected to (no server there, or no access).
+    #[error("could not connect to the Unix-domain socket {path}: {source}")]
+    ConnectSocket {
+        /// The socket file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: io::Error,
+    },
     /// Connecting, the TLS handshake and authentication together took too long.
     #[error("connecting to the server timed out after {0:?}")]
     Timeout(Duration),
@@ -161,6 +169,7 @@ impl ConnectError {
     pub fn is_transient(&self) -> bool {
         match self {
             ConnectError::Connect { .. }
+            | ConnectError::ConnectSocket { .. }
             | ConnectError::Timeout(_)
             | ConnectError::Io(_)
             | ConnectError::Closed => true,
@@ -311,8 +320,8 @@ impl ReplicationConnection {
     }
 
     async fn connect_inner(info: &ConnInfo) -> Result<ReplicationConnection, ConnectError> {
-        let tcp = tcp_connect(&info.host, info.port).await?;
-        let (stream, end_point) = negotiate_tls(tcp, info).await?;
+        let socket = connect_socket(info).await?;
+        let (stream, end_point) = negotiate_tls(socket, info).await?;
         let mut conn = ReplicationConnection {
             stream,
             read_buf: BytesMut::with_capacity(8192),
@@ -647,8 +656,8 @@ impl std::fmt::Debug for CancelHandle {
 impl CancelHandle {
     /// Asks the server to cancel the running command; it may already have finished.
     pub async fn cancel(&self) -> Result<(), ConnectError> {
-        let tcp = tcp_connect(&self.info.host, self.info.port).await?;
-        let (mut stream, _) = negotiate_tls(tcp, &self.info).await?;
+        let socket = connect_socket(&self.info).await?;
+        let (mut stream, _) = negotiate_tls(socket, &self.info).await?;
         let mut buf = BytesMut::with_capacity(16);
         frontend::cancel_request(self.process_id, self.secret_key, &mut buf);
         stream.write_all(&buf).await?;
@@ -692,6 +701,25 @@ fn data_row(body: &[u8], columns: &Arc<[String]>) -> Result<SimpleRow, ConnectEr
         columns: columns.clone(),
         values,
     })
+}
+
+/// A connected socket, before TLS.
+pub(super) enum Socket {
+    /// TCP to a host and port.
+    Tcp(TcpStream),
+    /// A Unix-domain socket (`host` is a directory).
+    Unix(tokio::net::UnixStream),
+}
+
+/// The Unix-domain socket when `host` is a directory, else TCP.
+async fn connect_socket(info: &ConnInfo) -> Result<Socket, ConnectError> {
+    match info.socket_path() {
+        Some(path) => tokio::net::UnixStream::connect(&path)
+            .await
+            .map(Socket::Unix)
+            .map_err(|source| ConnectError::ConnectSocket { path, source }),
+        None => tcp_connect(&info.host, info.port).await.map(Socket::Tcp),
+    }
 }
 
 /// Connects to every address of `host` in turn; TCP_NODELAY and keepalives on.

@@ -3,21 +3,35 @@
 //!
 //! Both libpq forms are accepted: a URL (`postgres://user:pw@host:5432/db?sslmode=require`,
 //! percent-decoded, IPv6 hosts in brackets) and key/value pairs (`host=db user='a b'`, single
-//! quotes with `\'` and `\\` escapes). Anything the string leaves out falls back to the
-//! `PG*` environment variables, then to libpq's defaults. The environment is passed in as a
-//! function so parsing stays pure and testable.
+//! quotes with `\'` and `\\` escapes). As in libpq, a value comes from the string, else from
+//! the service file's section (`service=…` / `PGSERVICE`), else from the `PG*` environment
+//! variables, else libpq's default; a missing password is looked up in the password file
+//! (see [`super::libpq_files`]). The environment and the files are passed in, so parsing
+//! stays testable.
+//!
+//! A host that starts with `/` is the directory of a Unix-domain socket
+//! (`host=/var/run/postgresql`, `postgres:///app?host=/var/run/postgresql`, or the host
+//! percent-encoded in the URL); the socket is `<dir>/.s.PGSQL.<port>` and TLS is never used
+//! on it, whatever the sslmode (as in libpq). Without any host, the socket of a default
+//! directory is used when one exists for the port, else `localhost` over TCP.
 //!
 //! The TLS policy that `sslmode` and `sslrootcert` imply lives in [`super::tls`].
 //!
 //! The password is never shown by `Display` or `Debug`.
 
 use std::fmt;
-use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use super::connection::ConnectError;
+use super::frame::log_server_notice;
+use super::libpq_files::{
+    DEFAULT_SOCKET_DIRS, Files, NoFiles, PassKey, SystemFiles, passfile_password, passfile_path,
+    service_files, service_section,
+};
 use super::tls::{MakeRustls, server_name, tls_config};
 
 /// How hard to insist on TLS, with libpq's meanings.
@@ -117,18 +131,51 @@ pub enum ConnInfoError {
     /// Several comma-separated hosts or ports.
     #[error("several hosts or ports (`{0}`) are not supported: give exactly one host")]
     MultipleHosts(String),
-    /// A host that names a Unix-domain socket directory.
-    #[error("host `{0}` is a Unix-domain socket directory; walhook connects over TCP only")]
-    UnixSocket(String),
+    /// A Linux abstract-namespace socket (`@name`).
+    #[error(
+        "host `{0}` is an abstract Unix-domain socket, which walhook does not support; give the socket's directory"
+    )]
+    AbstractSocket(String),
+    /// The named service is in no service file.
+    #[error("service `{name}` is not defined in {}", files_list(searched))]
+    ServiceNotFound {
+        /// The service name.
+        name: String,
+        /// The files looked at.
+        searched: Vec<PathBuf>,
+    },
+    /// A service file has a line walhook cannot use.
+    #[error("service file {}, line {line}: {message}", file.display())]
+    ServiceFile {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A service or password file exists but cannot be read.
+    #[error("cannot read {}: {reason}", file.display())]
+    Unreadable {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The string is not well-formed.
     #[error("malformed connection string: {0}")]
     Syntax(String),
 }
 
+fn files_list(files: &[PathBuf]) -> String {
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    names.join(", ")
+}
+
 /// Everything needed to open a connection to one Postgres server.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnInfo {
-    /// Host name or IP address.
+    /// Host name or IP address, or (starting with `/`) the directory of a Unix-domain socket.
     pub host: String,
     /// TCP port.
     pub port: u16,
@@ -163,9 +210,48 @@ struct Given {
     application_name: Option<String>,
     connect_timeout: Option<String>,
     channel_binding: Option<String>,
+    service: Option<String>,
+    passfile: Option<String>,
+    /// The keys whose value came from this service (for messages).
+    from_service: Option<(String, Vec<&'static str>)>,
 }
 
 impl Given {
+    /// Fills what the string left out from a service definition.
+    fn fill_from_service(&mut self, name: &str, svc: Given) {
+        let mut used = Vec::new();
+        macro_rules! fill {
+            ($($field:ident),*) => {$(
+                if self.$field.is_none() && svc.$field.is_some() {
+                    self.$field = svc.$field;
+                    used.push(stringify!($field));
+                }
+            )*};
+        }
+        fill!(
+            host,
+            port,
+            user,
+            password,
+            dbname,
+            sslmode,
+            sslrootcert,
+            application_name,
+            connect_timeout,
+            channel_binding,
+            passfile
+        );
+        self.from_service = Some((name.to_owned(), used));
+    }
+
+    /// How to name `key` in a message: `port`, or `port (service "x")` when the service gave it.
+    fn label(&self, key: &str) -> String {
+        match &self.from_service {
+            Some((name, keys)) if keys.contains(&key) => format!("{key} (service {name:?})"),
+            _ => key.to_owned(),
+        }
+    }
+
     fn set(&mut self, key: &str, value: String) -> Result<(), ConnInfoError> {
         let slot = match key {
             "host" => &mut self.host,
@@ -178,6 +264,8 @@ impl Given {
             "application_name" => &mut self.application_name,
             "connect_timeout" => &mut self.connect_timeout,
             "channel_binding" => &mut self.channel_binding,
+            "service" => &mut self.service,
+            "passfile" => &mut self.passfile,
             // JDBC-style `ssl=true`, which libpq also accepts in URLs.
             "ssl" if value == "true" => {
                 self.sslmode.get_or_insert_with(|| "require".into());
@@ -191,18 +279,28 @@ impl Given {
 }
 
 impl ConnInfo {
-    /// Parses a connection string, falling back to the process's `PG*` environment.
+    /// Parses a connection string, falling back to the service file, the process's `PG*`
+    /// environment and the password file.
     pub fn parse(s: &str) -> Result<ConnInfo, ConnInfoError> {
-        ConnInfo::parse_with_env(s, &|name| std::env::var(name).ok())
+        ConnInfo::parse_with(s, &|name| std::env::var(name).ok(), &SystemFiles)
     }
 
-    /// Parses a connection string, with `env` standing in for the environment.
+    /// Parses a connection string, with `env` standing in for the environment and no files.
     pub fn parse_with_env(
         s: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ConnInfo, ConnInfoError> {
+        ConnInfo::parse_with(s, env, &NoFiles)
+    }
+
+    /// Parses a connection string, with `env` and `files` standing in for the process's.
+    pub fn parse_with(
+        s: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        files: &dyn Files,
+    ) -> Result<ConnInfo, ConnInfoError> {
         let s = s.trim();
-        let given = if let Some(rest) = s
+        let mut given = if let Some(rest) = s
             .strip_prefix("postgresql://")
             .or_else(|| s.strip_prefix("postgres://"))
         {
@@ -210,51 +308,88 @@ impl ConnInfo {
         } else {
             parse_key_values(s)?
         };
-        ConnInfo::resolve(given, env)
+        let service = given
+            .service
+            .clone()
+            .filter(|v| !v.is_empty())
+            .or_else(|| env("PGSERVICE").filter(|v| !v.is_empty()));
+        if let Some(name) = service {
+            let svc = read_service(&name, env, files)?;
+            given.fill_from_service(&name, svc);
+        }
+        let passfile = passfile_path(given.passfile.as_deref(), env);
+        let mut info = ConnInfo::resolve(given, env, files)?;
+        if info.password.is_none() {
+            if let Some(path) = passfile {
+                info.password = read_passfile(&path, &info, files)?;
+            }
+        }
+        Ok(info)
     }
 
-    fn resolve(g: Given, env: &dyn Fn(&str) -> Option<String>) -> Result<ConnInfo, ConnInfoError> {
+    /// The socket file when `host` is a Unix-domain socket directory.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        self.host
+            .starts_with('/')
+            .then(|| Path::new(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+    }
+
+    fn resolve(
+        g: Given,
+        env: &dyn Fn(&str) -> Option<String>,
+        files: &dyn Files,
+    ) -> Result<ConnInfo, ConnInfoError> {
         // Each value: the string's, else the environment's (named, for error messages).
         let pick = |given: Option<String>, key: &str, var: &str| -> Option<(String, String)> {
             // An empty value means "not set", as in libpq (`host=''` is the default host).
             let given = given.filter(|v| !v.is_empty() || key == "password");
-            given.map(|v| (key.to_string(), v)).or_else(|| {
+            given.map(|v| (g.label(key), v)).or_else(|| {
                 env(var)
                     .filter(|v| !v.is_empty())
                     .map(|v| (var.to_string(), v))
             })
         };
-        let host = match pick(g.host, "host", "PGHOST") {
-            Some((_, h)) => check_host(h)?,
-            None => "localhost".to_string(),
-        };
-        let port = match pick(g.port, "port", "PGPORT") {
+        let port = match pick(g.port.clone(), "port", "PGPORT") {
             Some((key, p)) => parse_port(&key, &p)?,
             None => 5432,
         };
-        let user = pick(g.user, "user", "PGUSER")
+        let host = match pick(g.host.clone(), "host", "PGHOST") {
+            Some((_, h)) => check_host(h)?,
+            None => DEFAULT_SOCKET_DIRS
+                .iter()
+                .find(|dir| files.exists(&Path::new(dir).join(format!(".s.PGSQL.{port}"))))
+                .map_or_else(|| "localhost".to_string(), |dir| dir.to_string()),
+        };
+        let user = pick(g.user.clone(), "user", "PGUSER")
             .map(|(_, u)| u)
             .or_else(|| env("USER").filter(|u| !u.is_empty()))
             .unwrap_or_else(|| "postgres".to_string());
-        let password = pick(g.password, "password", "PGPASSWORD").map(|(_, p)| p);
-        let dbname = pick(g.dbname, "dbname", "PGDATABASE")
+        let password = pick(g.password.clone(), "password", "PGPASSWORD").map(|(_, p)| p);
+        let dbname = pick(g.dbname.clone(), "dbname", "PGDATABASE")
             .map(|(_, d)| d)
             .unwrap_or_else(|| user.clone());
-        let sslmode = match pick(g.sslmode, "sslmode", "PGSSLMODE") {
+        let sslmode = match pick(g.sslmode.clone(), "sslmode", "PGSSLMODE") {
             Some((key, v)) => v.parse().map_err(|reason| invalid(&key, &v, reason))?,
             None => SslMode::Prefer,
         };
-        let sslrootcert =
-            pick(g.sslrootcert, "sslrootcert", "PGSSLROOTCERT").map(|(_, p)| PathBuf::from(p));
-        let application_name = pick(g.application_name, "application_name", "PGAPPNAME")
+        let sslrootcert = pick(g.sslrootcert.clone(), "sslrootcert", "PGSSLROOTCERT")
+            .map(|(_, p)| PathBuf::from(p));
+        let application_name = pick(g.application_name.clone(), "application_name", "PGAPPNAME")
             .map(|(_, a)| a)
             .filter(|a| !a.is_empty());
-        let connect_timeout = match pick(g.connect_timeout, "connect_timeout", "PGCONNECT_TIMEOUT")
-        {
+        let connect_timeout = match pick(
+            g.connect_timeout.clone(),
+            "connect_timeout",
+            "PGCONNECT_TIMEOUT",
+        ) {
             Some((key, v)) => parse_timeout(&key, &v)?,
             None => None,
         };
-        let channel_binding = match pick(g.channel_binding, "channel_binding", "PGCHANNELBINDING") {
+        let channel_binding = match pick(
+            g.channel_binding.clone(),
+            "channel_binding",
+            "PGCHANNELBINDING",
+        ) {
             Some((key, v)) => v.parse().map_err(|reason| invalid(&key, &v, reason))?,
             None => ChannelBinding::Prefer,
         };
@@ -281,6 +416,8 @@ impl ConnInfo {
             .dbname(&self.dbname)
             .application_name(self.application_name.as_deref().unwrap_or("walhook"))
             .ssl_mode(match self.sslmode {
+                // libpq never uses TLS on a Unix-domain socket.
+                _ if self.socket_path().is_some() => tokio_postgres::config::SslMode::Disable,
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,
                 SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
                 // The certificate checks themselves live in our rustls verifier.
@@ -314,11 +451,72 @@ fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConnInfoError {
 fn check_host(host: String) -> Result<String, ConnInfoError> {
     if host.contains(',') {
         Err(ConnInfoError::MultipleHosts(host))
-    } else if host.starts_with('/') || host.starts_with('@') {
-        Err(ConnInfoError::UnixSocket(host))
+    } else if host.starts_with('@') {
+        Err(ConnInfoError::AbstractSocket(host))
     } else {
         Ok(host)
     }
+}
+
+/// The section `[name]` of the first service file that defines it, as given values.
+fn read_service(
+    name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    files: &dyn Files,
+) -> Result<Given, ConnInfoError> {
+    let searched = service_files(env);
+    for file in &searched {
+        let text = files.read(file).map_err(|e| ConnInfoError::Unreadable {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let Some(text) = text else { continue };
+        let bad = |line, message| ConnInfoError::ServiceFile {
+            file: file.clone(),
+            line,
+            message,
+        };
+        let Some(entries) = service_section(&text, name).map_err(|(l, m)| bad(l, m))? else {
+            continue;
+        };
+        let mut svc = Given::default();
+        for e in entries {
+            svc.set(&e.key, e.value)
+                .map_err(|err| bad(e.line, err.to_string()))?;
+        }
+        return Ok(svc);
+    }
+    Err(ConnInfoError::ServiceNotFound {
+        name: name.to_owned(),
+        searched,
+    })
+}
+
+/// The password for `info` from the password file, if it has one.
+fn read_passfile(
+    path: &Path,
+    info: &ConnInfo,
+    files: &dyn Files,
+) -> Result<Option<String>, ConnInfoError> {
+    let text = files.read(path).map_err(|e| ConnInfoError::Unreadable {
+        file: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let Some(text) = text else { return Ok(None) };
+    if files.is_shared(path) {
+        tracing::warn!(
+            "password file {} has group or world access and is ignored; permissions should be u=rw (0600) or less",
+            path.display()
+        );
+        return Ok(None);
+    }
+    let key = PassKey {
+        host: &info.host,
+        port: info.port,
+        dbname: &info.dbname,
+        user: &info.user,
+    };
+    Ok(passfile_password(&text, key))
 }
 
 fn parse_port(key: &str, value: &str) -> Result<u16, ConnInfoError> {
@@ -545,14 +743,29 @@ pub async fn connect_sql(info: &ConnInfo) -> Result<tokio_postgres::Client, Conn
     Ok(client)
 }
 
-fn spawn_connection<F>(conn: F, info: &ConnInfo)
+/// Drives the connection; server notices go to walhook's log (tokio-postgres would print
+/// them as raw `NOTICE: …` lines).
+fn spawn_connection<S, T>(mut conn: tokio_postgres::Connection<S, T>, info: &ConnInfo)
 where
-    F: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let target = info.to_string();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::error!(target_db = %target, error = %e, "SQL connection failed");
+        while let Some(message) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notice(n)) => log_server_notice(
+                    n.severity(),
+                    n.code().code(),
+                    n.message(),
+                    n.detail().unwrap_or(""),
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(target_db = %target, error = %e, "SQL connection failed");
+                    return;
+                }
+            }
         }
     });
 }
@@ -693,8 +906,8 @@ mod tests {
             Err(ConnInfoError::MultipleHosts(_))
         ));
         assert!(matches!(
-            parse("host=/var/run/postgresql"),
-            Err(ConnInfoError::UnixSocket(_))
+            parse("host=@abstract"),
+            Err(ConnInfoError::AbstractSocket(_))
         ));
         assert!(matches!(
             parse("sslmode=maybe"),
@@ -714,6 +927,163 @@ mod tests {
             parse("connect_timeout=soon"),
             Err(ConnInfoError::InvalidValue { .. })
         ));
+    }
+
+    /// Files in memory: path → (text, shared with group/others).
+    struct MemFiles(HashMap<PathBuf, (String, bool)>);
+
+    impl MemFiles {
+        fn of(files: &[(&str, &str, bool)]) -> MemFiles {
+            MemFiles(
+                files
+                    .iter()
+                    .map(|(p, t, shared)| (PathBuf::from(p), (t.to_string(), *shared)))
+                    .collect(),
+            )
+        }
+    }
+
+    impl Files for MemFiles {
+        fn read(&self, path: &Path) -> std::io::Result<Option<String>> {
+            Ok(self.0.get(path).map(|(t, _)| t.clone()))
+        }
+        fn is_shared(&self, path: &Path) -> bool {
+            self.0.get(path).is_some_and(|(_, shared)| *shared)
+        }
+        fn exists(&self, path: &Path) -> bool {
+            self.0.contains_key(path)
+        }
+    }
+
+    #[test]
+    fn unix_socket_hosts_in_every_spelling() {
+        for s in [
+            "host=/var/run/postgresql dbname=app",
+            "postgres:///app?host=/var/run/postgresql",
+            "postgresql://%2Fvar%2Frun%2Fpostgresql/app",
+        ] {
+            let c = parse(s).expect(s);
+            assert_eq!(
+                (c.host.as_str(), c.dbname.as_str()),
+                ("/var/run/postgresql", "app"),
+                "{s}"
+            );
+            assert_eq!(
+                c.socket_path(),
+                Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.5432"))
+            );
+            let back = parse(&c.to_string()).expect("Display parses back");
+            assert_eq!(back.host, c.host);
+        }
+        let c = parse("host=/tmp port=6000 sslmode=require").unwrap();
+        assert_eq!(c.socket_path(), Some(PathBuf::from("/tmp/.s.PGSQL.6000")));
+        assert!(parse("host=db").unwrap().socket_path().is_none());
+        // TLS is never attempted on a socket, as in libpq.
+        assert!(
+            super::super::tls::tls_config(&c).unwrap().is_none(),
+            "sslmode=require on a socket"
+        );
+    }
+
+    #[test]
+    fn without_a_host_the_default_socket_is_used_when_it_exists() {
+        let env = env_of(&[]);
+        let files = MemFiles::of(&[("/var/run/postgresql/.s.PGSQL.5432", "", false)]);
+        let c = ConnInfo::parse_with("dbname=app", &env, &files).unwrap();
+        assert_eq!(c.host, "/var/run/postgresql");
+        let c = ConnInfo::parse_with("port=5433", &env, &files).unwrap();
+        assert_eq!(c.host, "localhost", "no socket for that port");
+        let c = ConnInfo::parse_with("host=localhost", &env, &files).unwrap();
+        assert_eq!(c.host, "localhost");
+    }
+
+    #[test]
+    fn service_file_values_sit_between_the_string_and_the_environment() {
+        let env = env_of(&[
+            ("HOME", "/home/u"),
+            ("PGPORT", "7000"),
+            ("PGUSER", "envuser"),
+            ("PGAPPNAME", "envapp"),
+        ]);
+        let files = MemFiles::of(&[(
+            "/home/u/.pg_service.conf",
+            "[orders]\nhost=db.internal\nport=6432\ndbname=orders\nsslmode=require\n",
+            false,
+        )]);
+        let c = ConnInfo::parse_with("service=orders dbname=override", &env, &files).unwrap();
+        assert_eq!(c.host, "db.internal");
+        assert_eq!(c.port, 6432, "the service beats PGPORT");
+        assert_eq!(c.dbname, "override", "the string beats the service");
+        assert_eq!(c.user, "envuser", "the environment fills the rest");
+        assert_eq!(c.sslmode, SslMode::Require);
+        let env_service = env_of(&[("HOME", "/home/u"), ("PGSERVICE", "orders")]);
+        let c = ConnInfo::parse_with("", &env_service, &files).unwrap();
+        assert_eq!(c.host, "db.internal");
+        let c = ConnInfo::parse_with("postgres:///x?service=orders", &env, &files).unwrap();
+        assert_eq!((c.host.as_str(), c.dbname.as_str()), ("db.internal", "x"));
+    }
+
+    #[test]
+    fn service_file_errors_name_the_file_the_line_and_the_key() {
+        let env = env_of(&[("PGSERVICEFILE", "/etc/svc.conf")]);
+        let files = MemFiles::of(&[(
+            "/etc/svc.conf",
+            "[a]\nhost=h\ncolour=blue\n[b]\nport=many\n",
+            false,
+        )]);
+        let e = ConnInfo::parse_with("service=a", &env, &files).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "service file /etc/svc.conf, line 3: unknown connection parameter `colour`"
+        );
+        let e = ConnInfo::parse_with("service=b", &env, &files).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid port (service \"b\") `many`"),
+            "{e}"
+        );
+        let e = ConnInfo::parse_with("service=c", &env, &files).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "service `c` is not defined in /etc/svc.conf, /etc/postgresql-common/pg_service.conf"
+        );
+    }
+
+    #[test]
+    fn a_missing_password_comes_from_the_password_file() {
+        let env = env_of(&[("HOME", "/home/u")]);
+        let pgpass = "db:5432:app:walhook:from-file\nlocalhost:*:*:walhook:local\n";
+        let files = MemFiles::of(&[("/home/u/.pgpass", pgpass, false)]);
+        let parse = |s: &str| ConnInfo::parse_with(s, &env, &files).unwrap();
+        assert_eq!(
+            parse("postgres://walhook@db/app").password.as_deref(),
+            Some("from-file")
+        );
+        assert_eq!(
+            parse("postgres://walhook:given@db/app").password.as_deref(),
+            Some("given"),
+            "the string wins"
+        );
+        assert_eq!(parse("postgres://other@db/app").password, None);
+        assert_eq!(
+            parse("host=/var/run/postgresql user=walhook dbname=x")
+                .password
+                .as_deref(),
+            Some("local"),
+            "a default socket directory is localhost"
+        );
+        let env = env_of(&[("HOME", "/home/u"), ("PGPASSFILE", "/etc/walhook.pgpass")]);
+        let files = MemFiles::of(&[("/etc/walhook.pgpass", "*:*:*:*:any\n", false)]);
+        let c = ConnInfo::parse_with("host=db user=u", &env, &files).unwrap();
+        assert_eq!(c.password.as_deref(), Some("any"));
+        let files = MemFiles::of(&[("/p", "*:*:*:*:x\n", false)]);
+        let c = ConnInfo::parse_with("host=db passfile=/p", &env, &files).unwrap();
+        assert_eq!(c.password.as_deref(), Some("x"), "passfile= in the string");
+        // Readable by others: ignored, as libpq does.
+        let files = MemFiles::of(&[("/home/u/.pgpass", pgpass, true)]);
+        let env = env_of(&[("HOME", "/home/u")]);
+        let c = ConnInfo::parse_with("postgres://walhook@db/app", &env, &files).unwrap();
+        assert_eq!(c.password, None);
     }
 
     #[test]

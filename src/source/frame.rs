@@ -180,13 +180,18 @@ pub(super) fn server_error(body: &[u8]) -> ConnectError {
 pub(super) fn log_notice(body: &[u8]) {
     if let Ok(f) = error_fields(body) {
         let get = |k: u8| f.get(&k).map(String::as_str).unwrap_or("");
-        tracing::info!(
-            severity = get(b'V'),
-            code = get(b'C'),
-            detail = get(b'D'),
-            "postgres: {}",
-            get(b'M')
-        );
+        log_server_notice(get(b'V'), get(b'C'), get(b'M'), get(b'D'));
+    }
+}
+
+/// A NoticeResponse in walhook's log, on either kind of connection: WARNING as a warning;
+/// NOTICE, INFO, LOG and DEBUG (`… does not exist, skipping` and the like, whose outcome
+/// walhook reports in its own words) at debug level.
+pub(crate) fn log_server_notice(severity: &str, code: &str, message: &str, detail: &str) {
+    if severity == "WARNING" {
+        tracing::warn!(code, detail, "postgres: {message}");
+    } else {
+        tracing::debug!(severity, code, detail, "postgres: {message}");
     }
 }
 

@@ -5,6 +5,7 @@ pub mod changes;
 pub mod connection;
 pub mod conninfo;
 pub mod frame;
+pub mod libpq_files;
 pub mod pgoutput;
 pub mod protocol;
 pub mod relations;

@@ -597,15 +597,27 @@ pub async fn drop_slot(client: &Client, slot: &str) -> Result<bool, SetupError> 
     Ok(!rows.is_empty())
 }
 
-/// Drops the publication if it exists.
-pub async fn drop_publication(client: &Client, publication: &str) -> Result<(), SetupError> {
-    client
-        .batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {}",
-            quote_ident(publication)
-        ))
+/// Drops the publication if it exists; whether it did.
+pub async fn drop_publication(client: &Client, publication: &str) -> Result<bool, SetupError> {
+    let what = || format!("dropping publication {publication:?}");
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await
-        .map_err(sql(format!("dropping publication {publication:?}")))
+        .map_err(sql(what()))?
+        .is_some();
+    if exists {
+        client
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                quote_ident(publication)
+            ))
+            .await
+            .map_err(sql(what()))?;
+    }
+    Ok(exists)
 }
 
 #[cfg(test)]

@@ -367,6 +367,7 @@ async fn status_writer(
         confirmed_gauge.set(confirmed as f64);
         received_gauge.set(received as f64);
         lag_gauge.set((received - confirmed) as f64);
+        crate::server::ACTIVITY.positions(received, confirmed);
         let msg = protocol::standby_status_update(
             Lsn(received),
             Lsn(confirmed),

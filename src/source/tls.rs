@@ -26,16 +26,18 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
-use super::connection::ConnectError;
+use super::connection::{ConnectError, Socket};
 use super::conninfo::{ConnInfo, SslMode};
 use super::frame::unexpected;
 
-/// Plain TCP or TLS over TCP.
+/// Plain TCP, TLS over TCP, or a Unix-domain socket.
 pub(super) enum Stream {
     /// No encryption (`sslmode=disable`, or `prefer` and the server said no).
     Plain(TcpStream),
+    /// A Unix-domain socket: local, never encrypted (as in libpq, whatever the sslmode).
+    Unix(UnixStream),
     /// TLS, with the certificate checked as the sslmode says.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -48,6 +50,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -61,6 +64,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -68,6 +72,7 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -75,6 +80,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -83,9 +89,13 @@ impl AsyncWrite for Stream {
 /// SSLRequest and the handshake, as the sslmode says. Returns the stream and, for TLS, the
 /// channel binding data of the server certificate.
 pub(super) async fn negotiate_tls(
-    mut tcp: TcpStream,
+    socket: Socket,
     info: &ConnInfo,
 ) -> Result<(Stream, Option<Vec<u8>>), ConnectError> {
+    let mut tcp = match socket {
+        Socket::Tcp(tcp) => tcp,
+        Socket::Unix(unix) => return Ok((Stream::Unix(unix), None)),
+    };
     let Some(config) = tls_config(info)? else {
         return Ok((Stream::Plain(tcp), None));
     };
@@ -130,8 +140,12 @@ fn tls_error(e: io::Error) -> ConnectError {
     }
 }
 
-/// The rustls configuration `info.sslmode` asks for; `None` for `disable`.
+/// The rustls configuration `info.sslmode` asks for; `None` for `disable` and for Unix-domain
+/// sockets (libpq never uses TLS on them).
 pub(crate) fn tls_config(info: &ConnInfo) -> Result<Option<Arc<ClientConfig>>, ConnectError> {
+    if info.socket_path().is_some() {
+        return Ok(None);
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (roots, check_name) = match (info.sslmode, &info.sslrootcert) {
         (SslMode::Disable, _) => return Ok(None),

@@ -30,9 +30,9 @@ pub struct Migration {
 
 /// Every migration, oldest first. Append only: an applied migration never changes.
 pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2,
+    version: 1,
     name: "slot_state",
-    sql: include_str!("../../sql/migrations/0002_slot_state.sql"),
+    sql: include_str!("../../sql/migrations/0001_slot_state.sql"),
 }];
 
 /// Creates the schema and the table that records applied migrations.
