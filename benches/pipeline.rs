@@ -113,7 +113,7 @@ fn router(when: Option<&str>) -> Router {
          table = \"public.bench\"\nurl = \"http://127.0.0.1:9000/hook\"\nsecret = \"{SECRET}\"\n{when}"
     );
     let config = config::parse(&text, Path::new("bench.toml"), &|_| None).expect("config");
-    Router::new(&config.triggers).expect("router")
+    Router::new(&config.triggers)
 }
 
 /// Decodes a frame into the change the stream would yield.

@@ -77,7 +77,7 @@ impl Change {
     }
 }
 
-/// The webhook body for one change (DESIGN.md "Event").
+/// The webhook body for one change (the README's "Events" section describes each field).
 #[derive(Debug, Clone, Serialize)]
 pub struct Event<'a> {
     /// Stable event id.

@@ -13,7 +13,7 @@ use walhook::server::{self, Health};
 use walhook::source::conninfo::{self, ConnInfo};
 use walhook::source::setup;
 use walhook::tail::{self, TailOptions};
-use walhook::{check, demo, listen, probe, run, summary};
+use walhook::{check, demo, listen, preflight, probe, store, summary};
 
 /// Exit code for a config file that is invalid (clap uses 2 for bad arguments too).
 const EXIT_CONFIG: u8 = 2;
@@ -25,19 +25,29 @@ const EXIT_CONFIG: u8 = 2;
     about = "PostgreSQL row changes as webhooks"
 )]
 struct Cli {
-    /// Log format: text or json.
+    /// Log format.
     #[arg(
         long,
         global = true,
         env = "WALHOOK_LOG_FORMAT",
-        default_value = "text"
+        value_enum,
+        default_value_t = LogFormat::Text
     )]
-    log_format: String,
+    log_format: LogFormat,
     /// No periodic summary line (run, demo).
     #[arg(long, short, global = true)]
     quiet: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -60,11 +70,27 @@ enum Command {
     /// Check the config file and the database; exit 0 only if `run` would start cleanly.
     Check(ConfigArg),
     /// Create the publication and the slot now (run does this on start too).
-    Setup(ConfigArg),
+    Setup {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Accept that the slot walhook streamed from is lost (dropped or invalidated):
+        /// start a new slot at the current WAL position. Changes in between are not delivered.
+        #[arg(long)]
+        new_slot: bool,
+    },
     /// Drop the slot and the publication (stop walhook first: the slot's position is lost).
     Teardown(ConfigArg),
-    /// Show the slot's position and lag.
-    Status(ConfigArg),
+    /// Show the slot's position, lag and wal_status; exit 1 when it is missing, lost or lagging.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print one JSON object {"slot": {...}, "triggers": {...}}.
+        #[arg(long)]
+        json: bool,
+        /// Unhealthy when the slot is more than this many bytes behind the server's WAL.
+        #[arg(long, value_name = "BYTES", default_value_t = walhook::status::DEFAULT_MAX_LAG)]
+        max_lag: u64,
+    },
     /// Try walhook in one command: a throwaway Postgres, sample writes, and a receiver that
     /// prints every delivery (needs the PostgreSQL server programs; removes everything on Ctrl-C).
     Demo,
@@ -112,12 +138,14 @@ enum Command {
     },
 }
 
-/// `--secret` must be a Standard Webhooks secret, as in the config.
+/// `--secret` must be a Standard Webhooks secret, parsed as the config parses it.
 fn parse_secret(s: &str) -> Result<String, String> {
-    config::check_secret(s).map(|()| s.to_owned())
+    walhook::delivery::sign::Signer::new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: LogFormat) {
     let filter = match std::env::var("WALHOOK_LOG").or_else(|_| std::env::var("RUST_LOG")) {
         Err(_) => EnvFilter::new("info"),
         Ok(directives) => EnvFilter::try_new(&directives).unwrap_or_else(|e| {
@@ -129,7 +157,7 @@ fn init_tracing(format: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -198,30 +226,53 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if let Some(addr) = config.server.listen {
                 server::start(addr, health.clone(), metrics).await?;
             }
-            run::run(config, &health, shutdown_signal()).await?;
+            walhook::reload::run_reloading(arg.path(), config, &health, shutdown_signal).await?;
         }
         Command::Check(arg) => {
-            let report = check::check(&arg.path()).await;
-            for finding in &report.findings {
+            let outcome = check::check(&arg.path()).await;
+            for finding in &outcome.report.findings {
                 println!("{finding}");
             }
-            if report.invalid_config {
+            if outcome.invalid_config {
                 return Err(Exit(EXIT_CONFIG).into());
             }
-            if !report.passed() {
+            if !outcome.report.passed() {
                 return Err(Exit(1).into());
             }
         }
-        Command::Setup(arg) => {
+        Command::Setup {
+            config: arg,
+            new_slot,
+        } => {
             let config = load_config(&arg)?;
-            let router = walhook::triggers::Router::new(&config.triggers)?;
-            let client = sql_client(&config).await?;
-            setup::check_wal_level(&client).await?;
+            let router = walhook::triggers::Router::new(&config.triggers);
+            let mut client = sql_client(&config).await?;
+            // Accepting a lost slot comes first: the preflight refuses one.
+            let accepted = if new_slot {
+                let new = store::slot::start_new(&mut client, &config.source.slot).await?;
+                if let Some(since) = new.lost_since {
+                    println!(
+                        "slot {:?}: a new slot starts at {}; changes committed between {since} \
+                         and {} were not captured by walhook",
+                        config.source.slot, new.state.confirmed_flush, new.state.confirmed_flush
+                    );
+                }
+                Some(new.state)
+            } else {
+                None
+            };
+            let report = preflight::database(&client, &config, &router).await?;
+            if !report.passed() {
+                return Err(preflight::Refused(report.errors()).into());
+            }
             let change =
                 setup::sync_publication(&client, &config.source.publication, &router.tables())
                     .await?;
             println!("publication {:?}: {change:?}", config.source.publication);
-            let slot = setup::ensure_slot(&client, &config.source.slot).await?;
+            let slot = match accepted {
+                Some(state) => state,
+                None => store::slot::open(&mut client, &config.source.slot).await?,
+            };
             println!(
                 "slot {:?}: confirmed up to {}",
                 config.source.slot, slot.confirmed_flush
@@ -232,6 +283,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let client = sql_client(&config).await?;
             let outcome = |dropped| if dropped { "dropped" } else { "did not exist" };
             let slot = setup::drop_slot(&client, &config.source.slot).await?;
+            store::slot::forget(&client, &config.source.slot).await?;
             let publication = setup::drop_publication(&client, &config.source.publication).await?;
             println!(
                 "slot {:?}: {}; publication {:?}: {}",
@@ -241,21 +293,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 outcome(publication)
             );
         }
-        Command::Status(arg) => {
+        Command::Status {
+            config: arg,
+            json,
+            max_lag,
+        } => {
             let config = load_config(&arg)?;
             let client = sql_client(&config).await?;
-            match setup::slot_state(&client, &config.source.slot).await? {
-                None => println!("slot {:?}: does not exist", config.source.slot),
-                Some(s) => println!(
-                    "slot {:?}: confirmed {}, retaining {} bytes of WAL, {}",
-                    config.source.slot,
-                    s.confirmed_flush,
-                    s.retained_bytes.unwrap_or(0),
-                    match s.active_pid {
-                        Some(pid) => format!("streaming (walsender pid {pid})"),
-                        None => "not streaming".to_string(),
-                    }
-                ),
+            let report = walhook::status::StatusReport::gather(&client, &config, max_lag).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            if !report.healthy() {
+                return Err(Exit(1).into());
             }
         }
         Command::Demo => demo::demo(shutdown_signal()).await?,
@@ -317,7 +369,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,38 +1,42 @@
 //! `walhook run`: the daemon loop. Source → triggers → delivery, with acks → progress →
 //! the slot's confirmed position.
 //!
-//! Transaction ids handed to delivery carry the session number in their top bits. After a
+//! Every job handed to delivery carries an [`Ack`] naming its replication session. After a
 //! reconnect the new session restarts from the slot's confirmed position and sends again
 //! everything not yet confirmed, so what the old session still had queued is discarded; a
 //! request of the old session already on the wire may finish, but its ack cannot move the
 //! new session's progress.
 
-use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+// tokio's mutex cannot be poisoned: progress is never skipped because some other holder
+// panicked (a std mutex would leave only a guess: skip the update, or use a state a panic
+// left half-changed).
+use tokio::sync::{Mutex, mpsc};
 
-use crate::config::{Config, Ordering};
-use crate::delivery::{DeliveryError, Dispatcher, Job, Target};
-use crate::event::Change;
+use crate::config::Config;
+use crate::delivery::{Ack, DeliveryError, Dispatcher, Job};
+use crate::fence::{self, Fence};
+use crate::preflight::{self, Refused};
 use crate::progress::{Progress, TxnId};
 use crate::server::Health;
-use crate::source::conninfo::{ConnInfo, ConnInfoError};
+use crate::source::conninfo::{self, ConnInfo, ConnInfoError};
 use crate::source::session::{self, SessionOptions, Slot};
+use crate::source::setup;
 use crate::source::stream::{Confirmer, ReplicationStream, SourceError, SourceEvent};
-use crate::triggers::{Router, TriggerError};
+use crate::store::slot;
+use crate::triggers::Router;
 
 /// How long in-flight requests may finish after SIGINT/SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How often the delivered position is written to `walhook.slot_state` (when it moved).
+pub const SLOT_RECORD_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How often a standby instance tries to take the slot over.
 pub const STANDBY_POLL: Duration = Duration::from_secs(2);
-
-const SESSION_SHIFT: u32 = 40;
-const TXN_MASK: u64 = (1 << SESSION_SHIFT) - 1;
 
 /// Why the daemon stopped (other than being asked to).
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +44,6 @@ pub enum RunError {
     /// `source.url` is not a valid connection string.
     #[error("source.url: {0}")]
     ConnInfo(#[from] ConnInfoError),
-    /// A trigger could not be compiled.
-    #[error(transparent)]
-    Trigger(#[from] TriggerError),
     /// Delivery could not start.
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
@@ -68,32 +69,6 @@ impl Current {
     }
 }
 
-fn tag(session: u64, txn: TxnId) -> u64 {
-    (session << SESSION_SHIFT) | (txn & TXN_MASK)
-}
-
-/// The session bits of `tag`, comparable with `tagged >> SESSION_SHIFT`.
-fn session_bits(session: u64) -> u64 {
-    session & (u64::MAX >> SESSION_SHIFT)
-}
-
-/// Which lane of its target an event goes to: equal keys keep their order.
-fn order_key(ordering: Ordering, change: &Change, counter: &mut u64) -> u64 {
-    let mut h = DefaultHasher::new();
-    match (ordering, &change.key) {
-        (Ordering::None, _) => {
-            *counter = counter.wrapping_add(1);
-            return *counter;
-        }
-        (Ordering::Row, Some(key)) => (&*change.schema, &*change.table, key).hash(&mut h),
-        // A table without a key has no row identity: keep the table's order.
-        (Ordering::Row, None) | (Ordering::Table, _) => {
-            (&*change.schema, &*change.table).hash(&mut h)
-        }
-    }
-    h.finish()
-}
-
 /// Runs until `stop` resolves or a permanent error happens. Transient failures of the
 /// database connection are retried with backoff, forever.
 pub async fn run(
@@ -102,16 +77,23 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let conninfo = ConnInfo::parse(&config.source.url)?;
-    let router = Router::new(&config.triggers)?;
-    let orderings: Vec<Ordering> = config.triggers.iter().map(|t| t.ordering).collect();
+    let router = Router::new(&config.triggers);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let dispatcher = Dispatcher::start(config.triggers.iter().map(Target::from).collect(), ack_tx)?;
+    let dispatcher = Dispatcher::start(&config.triggers, ack_tx)?;
     let current = Arc::new(Mutex::new(Current {
         session: 0,
         progress: Progress::new(crate::lsn::Lsn::ZERO),
         confirmer: None,
     }));
     let acks = tokio::spawn(apply_acks(ack_rx, current.clone()));
+    let fence = dispatcher.fence();
+    let fenced = Arc::new(tokio::sync::Notify::new());
+    let watchdog = tokio::spawn(watchdog(fence.clone(), fenced.clone()));
+    let recorder = tokio::spawn(record_position(
+        conninfo.clone(),
+        config.source.slot.clone(),
+        current.clone(),
+    ));
 
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(500);
@@ -119,24 +101,31 @@ pub async fn run(
     // session bits of the ack tags.
     let mut session = 1u64;
     let mut standby = false;
+    let mut ever_streamed = false;
     let (result, open_stream) = loop {
         let ctx = Ctx {
             config: &config,
             conninfo: &conninfo,
             router: &router,
-            orderings: &orderings,
             dispatcher: &dispatcher,
             current: &current,
             health,
             session,
             in_flight: metrics::gauge!("walhook_transactions_in_flight"),
+            fenced: &fenced,
         };
         let attempt = stream_once(ctx, stop.as_mut()).await;
+        if attempt.is_err() {
+            // The stream ended: what is still queued waits for the next session (which
+            // discards it and sends it again), so nothing goes out behind a standby's back.
+            fence.close();
+        }
         if health.is_streaming() {
             // The session had been streaming: this is a fresh failure, retry soon.
             backoff = Duration::from_millis(500);
             session += 1;
             standby = false;
+            ever_streamed = true;
         }
         health.set_streaming(false);
         match attempt {
@@ -156,7 +145,13 @@ pub async fn run(
                 }
             }
             Err(e) if e.is_transient() => {
-                tracing::warn!("database connection lost: {e}; reconnecting in {backoff:?}");
+                if ever_streamed {
+                    tracing::warn!("database connection lost: {e}; reconnecting in {backoff:?}");
+                } else {
+                    tracing::warn!(
+                        "cannot start streaming (not connected yet): {e}; retrying in {backoff:?}"
+                    );
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = &mut stop => break (Ok(()), None),
@@ -171,27 +166,68 @@ pub async fn run(
     dispatcher.shutdown(SHUTDOWN_GRACE).await;
     // The dispatcher is gone, so the ack channel closes once every ack is applied.
     let _ = acks.await;
+    recorder.abort();
+    watchdog.abort();
     if let Some(stream) = open_stream {
-        let lsn = current
-            .lock()
-            .map(|c| c.progress.confirmed())
-            .unwrap_or_default();
+        let lsn = current.lock().await.progress.confirmed();
         stream.confirm(lsn);
         // Sends a last status update with that position, then ends the copy.
         stream.close().await;
+        if let Err(e) = slot::advance_at(&conninfo, &config.source.slot, lsn).await {
+            tracing::debug!("could not record the final position in walhook.slot_state: {e}");
+        }
         tracing::info!(confirmed = %lsn, "stopped");
     }
     result
 }
 
-async fn apply_acks(mut acks: mpsc::UnboundedReceiver<u64>, current: Arc<Mutex<Current>>) {
+/// Ticks the fence; a late tick (the process was paused) ends the session.
+async fn watchdog(fence: Arc<Fence>, fenced: Arc<tokio::sync::Notify>) {
+    loop {
+        tokio::time::sleep(fence::TICK).await;
+        if let Some(gap) = fence.tick() {
+            tracing::warn!(
+                paused = ?gap,
+                "walhook was paused longer than half of wal_sender_timeout; not sending until \
+                 a new session proves it still owns the slot"
+            );
+            fenced.notify_one();
+        }
+    }
+}
+
+/// Keeps `walhook.slot_state` a few seconds behind the delivered position, so if the slot
+/// is ever lost the error can say from where changes are at risk.
+async fn record_position(conninfo: ConnInfo, slot_name: String, current: Arc<Mutex<Current>>) {
+    let mut recorded = crate::lsn::Lsn::ZERO;
+    loop {
+        tokio::time::sleep(SLOT_RECORD_INTERVAL).await;
+        let lsn = {
+            let cur = current.lock().await;
+            if cur.confirmer.is_none() {
+                continue;
+            }
+            cur.progress.confirmed()
+        };
+        if lsn <= recorded {
+            continue;
+        }
+        match slot::advance_at(&conninfo, &slot_name, lsn).await {
+            Ok(()) => recorded = lsn,
+            // The next round tries again; until then the record only trails further.
+            Err(e) => tracing::debug!("could not record the position in walhook.slot_state: {e}"),
+        }
+    }
+}
+
+async fn apply_acks(mut acks: mpsc::UnboundedReceiver<Ack>, current: Arc<Mutex<Current>>) {
     let in_flight = metrics::gauge!("walhook_transactions_in_flight");
-    while let Some(tagged) = acks.recv().await {
-        let Ok(mut cur) = current.lock() else { return };
-        if tagged >> SESSION_SHIFT != session_bits(cur.session) {
+    while let Some(ack) = acks.recv().await {
+        let mut cur = current.lock().await;
+        if ack.session != cur.session {
             continue; // an ack from a previous session: its progress is gone
         }
-        if let Err(e) = cur.progress.ack(tagged & TXN_MASK) {
+        if let Err(e) = cur.progress.ack(ack.txn) {
             tracing::error!("progress: {e}");
             continue;
         }
@@ -213,22 +249,22 @@ struct Ctx<'a> {
     config: &'a Config,
     conninfo: &'a ConnInfo,
     router: &'a Router,
-    orderings: &'a [Ordering],
     dispatcher: &'a Dispatcher,
     current: &'a Mutex<Current>,
     health: &'a Health,
     session: u64,
     /// Transactions read and not yet delivered (entries of the progress queue).
     in_flight: metrics::Gauge,
+    /// Notified when the fence closes because the process was paused.
+    fenced: &'a tokio::sync::Notify,
 }
 
 impl Ctx<'_> {
     /// Applies `f` to the session's progress and passes the confirmed position on.
-    fn progress(&self, f: impl FnOnce(&mut Progress)) {
-        if let Ok(mut cur) = self.current.lock() {
-            f(&mut cur.progress);
-            cur.publish(&self.in_flight);
-        }
+    async fn progress(&self, f: impl FnOnce(&mut Progress)) {
+        let mut cur = self.current.lock().await;
+        f(&mut cur.progress);
+        cur.publish(&self.in_flight);
     }
 }
 
@@ -244,30 +280,39 @@ async fn stream_once(
         publication: ctx.config.source.publication.clone(),
         publish: Some(ctx.router.tables()),
     };
-    let setup = session::open(&options);
-    let mut stream = tokio::select! {
+    let setup = async {
+        let client = conninfo::connect_sql(ctx.conninfo).await?;
+        let report = preflight::database(&client, ctx.config, ctx.router).await?;
+        if !report.passed() {
+            return Err(Refused(report.errors()).into());
+        }
+        let timeout = setup::wal_sender_timeout_ms(&client).await?;
+        Ok::<_, SourceError>((session::open_on(client, &options).await?, timeout))
+    };
+    let (mut stream, wal_sender_timeout) = tokio::select! {
         s = setup => s?,
         _ = &mut stop => return Ok(None),
     };
     // The new session sends again everything queued from an earlier one.
     ctx.dispatcher.discard_queued();
+    ctx.dispatcher
+        .fence()
+        .open(Fence::bound_for(wal_sender_timeout));
     ctx.health.set_streaming(true);
-    if let Ok(mut cur) = ctx.current.lock() {
-        *cur = Current {
-            session: ctx.session,
-            progress: Progress::new(stream.confirmed()),
-            confirmer: Some(stream.confirmer()),
-        };
-    }
+    *ctx.current.lock().await = Current {
+        session: ctx.session,
+        progress: Progress::new(stream.confirmed()),
+        confirmer: Some(stream.confirmer()),
+    };
     let mut txn: TxnId = 0;
-    let mut counter = 0u64;
     loop {
         let event = tokio::select! {
             e = stream.next() => e?,
             _ = &mut stop => return Ok(Some(stream)),
+            () = ctx.fenced.notified() => return Err(SourceError::Fenced),
         };
         match event {
-            SourceEvent::Begin { .. } => ctx.progress(|p| txn = p.begin()),
+            SourceEvent::Begin { .. } => ctx.progress(|p| txn = p.begin()).await,
             SourceEvent::Change(change) => {
                 let routed = ctx.router.route(&change);
                 if routed.is_empty() {
@@ -275,23 +320,27 @@ async fn stream_once(
                 }
                 let n = routed.len() as u64;
                 // Count the events before handing any over, so no ack can come first.
-                ctx.progress(|p| p.add(txn, n));
+                ctx.progress(|p| p.add(txn, n)).await;
                 for r in routed {
                     let job = Job {
                         id: r.id,
                         body: r.body.into(),
-                        order_key: order_key(ctx.orderings[r.trigger], &change, &mut counter),
-                        txn: tag(ctx.session, txn),
+                        order_key: r.order_key,
+                        txn: Ack {
+                            session: ctx.session,
+                            txn,
+                        },
                     };
                     tokio::select! {
                         _ = ctx.dispatcher.submit(r.trigger, job) => {}
                         // Not delivered, not confirmed: the next run sends it again.
                         _ = &mut stop => return Ok(Some(stream)),
+                        () = ctx.fenced.notified() => return Err(SourceError::Fenced),
                     }
                 }
             }
-            SourceEvent::Commit(c) => ctx.progress(|p| p.commit(txn, c.end_lsn)),
-            SourceEvent::Idle { wal_end } => ctx.progress(|p| p.keepalive(wal_end)),
+            SourceEvent::Commit(c) => ctx.progress(|p| p.commit(txn, c.end_lsn)).await,
+            SourceEvent::Idle { wal_end } => ctx.progress(|p| p.keepalive(wal_end)).await,
         }
     }
 }

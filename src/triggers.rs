@@ -35,38 +35,30 @@
 //! lacks it, an unchanged TOASTed value) is left out rather than sent as null.
 
 use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 
 use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull};
 use cel::common::types::{CelString, CelUInt};
 use cel::common::value::Val;
 
-use crate::config;
+use crate::config::{Ordering, TableName, Trigger, TriggerId};
 use crate::event::{Change, ChangeKind, Event, Row};
-
-/// Why a [`Router`] could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum TriggerError {
-    /// A `when` expression does not compile (config validation normally catches this first).
-    #[error("trigger \"{trigger}\".when: {message}")]
-    InvalidWhen {
-        /// The trigger's name.
-        trigger: String,
-        /// What the CEL parser said.
-        message: String,
-    },
-}
 
 /// One event a change produced for one trigger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed {
-    /// Index of the trigger in the config (and in `Router::new`'s slice).
-    pub trigger: usize,
+    /// The trigger (its place in `Router::new`'s slice, i.e. in the config).
+    pub trigger: TriggerId,
     /// The event id (stable across redeliveries).
     pub id: String,
     /// The event JSON, with the trigger's column projection applied.
     pub body: Vec<u8>,
+    /// Chooses the delivery lane: events with equal keys keep their order (see
+    /// [`Ordering`]).
+    pub order_key: u64,
 }
 
 /// The triggers of a config, indexed for routing changes.
@@ -75,8 +67,10 @@ pub struct Router {
     /// schema → table → what fires there.
     by_table: HashMap<String, HashMap<String, TableRoutes>>,
     /// Distinct tables in config order.
-    tables: Vec<(String, String)>,
+    tables: Vec<TableName>,
     env: Arc<cel::Env>,
+    /// For `ordering = "none"`: spreads events over the lanes.
+    unordered: AtomicU64,
 }
 
 impl std::fmt::Debug for Router {
@@ -91,7 +85,7 @@ impl std::fmt::Debug for Router {
 /// The triggers of one table and the CEL variables their filters read.
 #[derive(Default)]
 struct TableRoutes {
-    triggers: Vec<usize>,
+    triggers: Vec<TriggerId>,
     uses_record: bool,
     uses_old_record: bool,
 }
@@ -103,7 +97,8 @@ struct Compiled {
     events: u8,
     changed: Vec<String>,
     columns: Option<Vec<String>>,
-    when: Option<cel::Program>,
+    when: Option<Arc<cel::Program>>,
+    ordering: Ordering,
     needs_old_values: bool,
     /// Set once the first filter error has been logged.
     warned_filter: AtomicBool,
@@ -124,37 +119,35 @@ fn kind_bit(kind: ChangeKind) -> u8 {
 }
 
 impl Router {
-    /// Compiles the triggers' filters and indexes them by table.
-    pub fn new(triggers: &[config::Trigger]) -> Result<Router, TriggerError> {
+    /// Indexes the triggers by table; [`Routed::trigger`] is a trigger's place in `triggers`.
+    pub fn new(triggers: &[Trigger]) -> Router {
         let mut compiled = Vec::with_capacity(triggers.len());
         let mut by_table: HashMap<String, HashMap<String, TableRoutes>> = HashMap::new();
         let mut tables = Vec::new();
         for (i, t) in triggers.iter().enumerate() {
-            let when = match &t.when {
-                Some(src) => Some(compile(&t.name, src)?),
-                None => None,
-            };
+            let when = t.route.when.as_ref().map(|w| Arc::clone(&w.program));
             let refers = |var: &str| {
                 when.as_ref()
                     .is_some_and(|p| p.references().has_variable(var))
             };
             let routes = by_table
-                .entry(t.schema.clone())
+                .entry(t.table.schema.clone())
                 .or_default()
-                .entry(t.table.clone())
+                .entry(t.table.name.clone())
                 .or_insert_with(|| {
-                    tables.push((t.schema.clone(), t.table.clone()));
+                    tables.push(t.table.clone());
                     TableRoutes::default()
                 });
-            routes.triggers.push(i);
+            routes.triggers.push(TriggerId::new(i));
             routes.uses_record |= refers("record");
             routes.uses_old_record |= refers("old_record");
             compiled.push(Compiled {
                 name: t.name.clone(),
-                events: t.events.iter().fold(0, |bits, k| bits | kind_bit(*k)),
-                changed: t.changed.clone(),
-                columns: t.columns.clone(),
-                needs_old_values: !t.changed.is_empty()
+                events: t.route.events.iter().fold(0, |bits, k| bits | kind_bit(*k)),
+                changed: t.route.changed.clone(),
+                columns: t.route.columns.clone(),
+                ordering: t.route.ordering,
+                needs_old_values: !t.route.changed.is_empty()
                     || refers("old_record")
                     || refers("changed"),
                 when,
@@ -164,23 +157,24 @@ impl Router {
                 changed_unknown: metrics::counter!("walhook_changed_unknown_total", "trigger" => t.name.clone()),
             });
         }
-        Ok(Router {
+        Router {
             triggers: compiled,
             by_table,
             tables,
             env: Arc::new(cel::Env::stdlib()),
-        })
+            unordered: AtomicU64::new(0),
+        }
     }
 
-    /// The distinct (schema, table) pairs the triggers name, in config order.
-    pub fn tables(&self) -> Vec<(String, String)> {
+    /// The distinct tables the triggers name, in config order.
+    pub fn tables(&self) -> Vec<TableName> {
         self.tables.clone()
     }
 
     /// Whether a trigger's `changed` or `when` depends on old values (REPLICA IDENTITY FULL).
-    pub fn needs_old_values(&self, trigger: usize) -> bool {
+    pub fn needs_old_values(&self, trigger: TriggerId) -> bool {
         self.triggers
-            .get(trigger)
+            .get(trigger.index())
             .is_some_and(|t| t.needs_old_values)
     }
 
@@ -198,7 +192,7 @@ impl Router {
         let mut ctx: Option<cel::Context<'_, '_>> = None;
         let mut out = Vec::new();
         for &i in &routes.triggers {
-            let Some(t) = self.triggers.get(i) else {
+            let Some(t) = self.triggers.get(i.index()) else {
                 continue;
             };
             if t.events & bit == 0 || !self.changed_matches(t, change) {
@@ -283,12 +277,30 @@ impl Router {
         ctx
     }
 
-    fn routed(&self, index: usize, t: &Compiled, change: &Change) -> Routed {
+    /// Which lane of its target an event goes to: equal keys keep their order.
+    fn order_key(&self, ordering: Ordering, change: &Change) -> u64 {
+        let mut h = DefaultHasher::new();
+        match (ordering, &change.key) {
+            (Ordering::None, _) => {
+                return self.unordered.fetch_add(1, AtomicOrdering::Relaxed);
+            }
+            (Ordering::Row, Some(key)) => (&*change.schema, &*change.table, key).hash(&mut h),
+            // A table without a key has no row identity: keep the table's order.
+            (Ordering::Row, None) | (Ordering::Table, _) => {
+                (&*change.schema, &*change.table).hash(&mut h)
+            }
+        }
+        h.finish()
+    }
+
+    fn routed(&self, index: TriggerId, t: &Compiled, change: &Change) -> Routed {
         let name = Some(t.name.as_str());
+        let order_key = self.order_key(t.ordering, change);
         let event_body = |event: Event<'_>| Routed {
             trigger: index,
             id: event.id.clone(),
             body: event.to_json(),
+            order_key,
         };
         match &t.columns {
             None => event_body(Event::of(change, name)),
@@ -299,13 +311,6 @@ impl Router {
             }
         }
     }
-}
-
-fn compile(trigger: &str, src: &str) -> Result<cel::Program, TriggerError> {
-    config::check_cel(src).map_err(|message| TriggerError::InvalidWhen {
-        trigger: trigger.to_owned(),
-        message,
-    })
 }
 
 /// `row` with only `columns`, in that order.
@@ -354,43 +359,30 @@ fn json_val(v: &serde_json::Value) -> Box<dyn Val + '_> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use std::time::Duration;
 
     use serde_json::json;
 
     use super::*;
-    use crate::config::{HttpMethod, On4xx, Ordering, RetrySettings, Trigger};
+    use crate::config::{TableName, Trigger, TriggerId};
     use crate::lsn::Lsn;
     use crate::source::pgoutput::PgTimestamp;
 
     fn trigger(name: &str, table: &str) -> Trigger {
         let (schema, table) = table.split_once('.').unwrap_or(("public", table));
-        Trigger {
-            name: name.into(),
-            schema: schema.into(),
-            table: table.into(),
-            events: vec![ChangeKind::Create, ChangeKind::Update, ChangeKind::Delete],
-            url: reqwest::Url::parse("http://localhost/hook").unwrap(),
-            method: HttpMethod::Post,
-            headers: vec![],
-            secret: None,
-            when: None,
-            changed: vec![],
-            columns: None,
-            timeout: Duration::from_secs(10),
-            retry: RetrySettings::default(),
-            concurrency: 64,
-            ordering: Ordering::Row,
-            batch: 1,
-            on_4xx: On4xx::Retry,
-        }
+        let url = url::Url::parse("http://localhost/hook").unwrap();
+        Trigger::new(0, name, TableName::new(schema, table), url)
     }
 
     fn when(name: &str, table: &str, expr: &str) -> Trigger {
-        Trigger {
-            when: Some(expr.into()),
-            ..trigger(name, table)
-        }
+        let mut t = trigger(name, table);
+        t.route.when = Some(crate::config::compile_when(expr).unwrap());
+        t
+    }
+
+    /// `t` with its route changed by `f`.
+    fn with(mut t: Trigger, f: impl FnOnce(&mut crate::config::Route)) -> Trigger {
+        f(&mut t.route);
+        t
     }
 
     /// A row from JSON text, so numbers go through serde_json's arbitrary_precision path the
@@ -429,7 +421,11 @@ mod tests {
     }
 
     fn fired(router: &Router, change: &Change) -> Vec<usize> {
-        router.route(change).iter().map(|r| r.trigger).collect()
+        router
+            .route(change)
+            .iter()
+            .map(|r| r.trigger.index())
+            .collect()
     }
 
     fn body(routed: &Routed) -> serde_json::Value {
@@ -448,13 +444,12 @@ mod tests {
             trigger("a", "orders"),
             trigger("b", "sales.orders"),
             trigger("c", "orders"),
-        ])
-        .unwrap();
+        ]);
         assert_eq!(
             router.tables(),
             vec![
-                ("public".into(), "orders".into()),
-                ("sales".into(), "orders".into())
+                TableName::new("public", "orders"),
+                TableName::new("sales", "orders")
             ]
         );
         assert_eq!(fired(&router, &insert("orders", r#"{"id":1}"#)), vec![0, 2]);
@@ -472,11 +467,9 @@ mod tests {
 
     #[test]
     fn events_filter_by_kind() {
-        let router = Router::new(&[Trigger {
-            events: vec![ChangeKind::Create, ChangeKind::Delete],
-            ..trigger("t", "orders")
-        }])
-        .unwrap();
+        let router = Router::new(&[with(trigger("t", "orders"), |r| {
+            r.events = vec![ChangeKind::Create, ChangeKind::Delete]
+        })]);
         assert_eq!(fired(&router, &insert("orders", r#"{"id":1}"#)).len(), 1);
         let upd = update("orders", r#"{"id":1}"#, None, Some(&["id"]));
         assert!(router.route(&upd).is_empty());
@@ -486,11 +479,9 @@ mod tests {
 
     #[test]
     fn changed_filters_updates_only() {
-        let router = Router::new(&[Trigger {
-            changed: vec!["status".into(), "amount".into()],
-            ..trigger("t", "orders")
-        }])
-        .unwrap();
+        let router = Router::new(&[with(trigger("t", "orders"), |r| {
+            r.changed = vec!["status".into(), "amount".into()]
+        })]);
         let rec = r#"{"id":1,"status":"paid","amount":3}"#;
         assert_eq!(
             fired(
@@ -514,7 +505,7 @@ mod tests {
         assert_eq!(fired(&router, &insert("orders", rec)).len(), 1);
         // Old values unknown: delivered rather than risk losing it (module doc).
         assert_eq!(fired(&router, &update("orders", rec, None, None)).len(), 1);
-        assert!(router.needs_old_values(0));
+        assert!(router.needs_old_values(TriggerId::new(0)));
     }
 
     #[test]
@@ -523,8 +514,7 @@ mod tests {
             "paid",
             "orders",
             "record.status == 'paid' && old_record.status != 'paid'",
-        )])
-        .unwrap();
+        )]);
         let rec = r#"{"id":1,"status":"paid"}"#;
         // REPLICA IDENTITY DEFAULT, key unchanged: no old row at all.
         assert!(router.route(&update("orders", rec, None, None)).is_empty());
@@ -549,7 +539,7 @@ mod tests {
                 .route(&update("orders", rec, Some(rec), Some(&[])))
                 .is_empty()
         );
-        assert!(router.needs_old_values(0));
+        assert!(router.needs_old_values(TriggerId::new(0)));
     }
 
     #[test]
@@ -561,8 +551,7 @@ mod tests {
             when("big", "orders", "record.big > 1"),
             when("huge", "orders", "record.huge > 1.0"),
             when("lt", "orders", "record.amount < 100"),
-        ])
-        .unwrap();
+        ]);
         let rec = r#"{"amount":150.50,"qty":3,"big":18446744073709551615,"huge":1e300}"#;
         assert_eq!(fired(&router, &insert("orders", rec)), vec![0, 1, 2, 3, 4]);
         assert!(
@@ -587,8 +576,7 @@ mod tests {
                 "sales.orders",
                 "type == 'update' && schema == 'sales' && table == 'orders'",
             ),
-        ])
-        .unwrap();
+        ]);
         let rec = r#"{"status":"paid","meta":{"tags":["vip"]}}"#;
         let upd = update("orders", rec, None, Some(&["status"]));
         assert_eq!(fired(&router, &upd), vec![0, 3, 4]);
@@ -596,9 +584,9 @@ mod tests {
         assert_eq!(fired(&router, &with_coupon), vec![1, 2]);
         let sales = update("sales.orders", rec, None, None);
         assert_eq!(fired(&router, &sales), vec![5]);
-        assert!(router.needs_old_values(3));
-        assert!(!router.needs_old_values(0));
-        assert!(!router.needs_old_values(99));
+        assert!(router.needs_old_values(TriggerId::new(3)));
+        assert!(!router.needs_old_values(TriggerId::new(0)));
+        assert!(!router.needs_old_values(TriggerId::new(99)));
     }
 
     #[test]
@@ -607,8 +595,7 @@ mod tests {
             when("str", "orders", "record.status"),
             when("missing", "orders", "record.nope == 1"),
             when("deleted", "orders", "record.id == 1"),
-        ])
-        .unwrap();
+        ]);
         assert!(
             router
                 .route(&insert("orders", r#"{"status":"paid"}"#))
@@ -623,12 +610,10 @@ mod tests {
     fn several_triggers_get_their_own_id_and_body() {
         let router = Router::new(&[
             trigger("all", "orders"),
-            Trigger {
-                columns: Some(vec!["status".into(), "id".into(), "gone".into()]),
-                ..when("paid", "orders", "record.status == 'paid'")
-            },
-        ])
-        .unwrap();
+            with(when("paid", "orders", "record.status == 'paid'"), |r| {
+                r.columns = Some(vec!["status".into(), "id".into(), "gone".into()])
+            }),
+        ]);
         let old = r#"{"id":1,"status":"open","note":"x"}"#;
         let routed = router.route(&update(
             "orders",
@@ -654,23 +639,11 @@ mod tests {
 
     #[test]
     fn projected_numbers_keep_their_exact_text() {
-        let router = Router::new(&[Trigger {
-            columns: Some(vec!["amount".into()]),
-            ..trigger("t", "orders")
-        }])
-        .unwrap();
+        let router = Router::new(&[with(trigger("t", "orders"), |r| {
+            r.columns = Some(vec!["amount".into()])
+        })]);
         let routed = router.route(&insert("orders", r#"{"id":1,"amount":150.50}"#));
         let text = String::from_utf8(routed[0].body.clone()).unwrap();
         assert!(text.contains(r#""record":{"amount":150.50}"#), "{text}");
-    }
-
-    #[test]
-    fn bad_when_is_an_error() {
-        let e = Router::new(&[when("t", "orders", "record.status ==")]).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("trigger \"t\".when: not a valid CEL expression"),
-            "{e}"
-        );
     }
 }

@@ -15,10 +15,12 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use hmac::Mac as _;
+use std::num::NonZeroUsize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use walhook::config::{HttpMethod, On4xx, Ordering, RetrySettings};
-use walhook::delivery::{Dispatcher, Job, Target, verify};
+use walhook::config::{HttpMethod, On4xx, RetrySettings, TableName, Trigger, TriggerId};
+use walhook::delivery::sign::Signer;
+use walhook::delivery::{Ack, Dispatcher, Job, verify};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -83,7 +85,7 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
-    fn url(&self) -> reqwest::Url {
+    fn url(&self) -> url::Url {
         format!("http://{}/hook", self.addr).parse().unwrap()
     }
     fn requests(&self) -> Vec<Req> {
@@ -153,38 +155,50 @@ async fn handle(
 
 // ---------------------------------------------------------------- helpers
 
-fn target(url: reqwest::Url) -> Target {
-    Target {
-        name: "test".into(),
-        url,
-        method: HttpMethod::Post,
-        headers: vec![],
-        secret: None,
-        timeout: Duration::from_secs(5),
-        retry: RetrySettings {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(50),
-            ..RetrySettings::default()
-        },
-        concurrency: 1,
-        ordering: Ordering::Row,
-        batch: 1,
-        on_4xx: On4xx::Retry,
-    }
+fn target(url: url::Url) -> Trigger {
+    let mut t = Trigger::new(0, "test", TableName::new("public", "t"), url);
+    let d = &mut t.delivery;
+    d.timeout = Duration::from_secs(5);
+    d.retry = RetrySettings {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+        ..RetrySettings::default()
+    };
+    d.concurrency = NonZeroUsize::MIN;
+    t
 }
+
+fn nz(v: usize) -> NonZeroUsize {
+    NonZeroUsize::new(v).unwrap()
+}
+
+fn signer(secret: &str) -> Option<Signer> {
+    Some(Signer::new(secret).unwrap())
+}
+
+const T0: TriggerId = TriggerId::FIRST;
 
 fn job(i: u64) -> Job {
     Job {
         id: format!("evt_{i}"),
         body: Bytes::from(format!(r#"{{"seq":{i}}}"#)),
         order_key: i,
-        txn: i,
+        txn: Ack { session: 0, txn: i },
     }
 }
 
-fn start(t: Target) -> (Dispatcher, mpsc::UnboundedReceiver<u64>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Dispatcher::start(vec![t], tx).unwrap(), rx)
+/// Starts a dispatcher for `t`; acks arrive as their transaction numbers.
+fn start(t: Trigger) -> (Dispatcher, mpsc::UnboundedReceiver<u64>) {
+    let (tx, mut acks) = mpsc::unbounded_channel::<Ack>();
+    let (txns, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(a) = acks.recv().await {
+            if txns.send(a.txn).is_err() {
+                break;
+            }
+        }
+    });
+    (Dispatcher::start(&[t], tx).unwrap(), rx)
 }
 
 /// Waits for exactly `n` acks (panics after `within`).
@@ -223,11 +237,13 @@ fn now_secs() -> u64 {
 async fn headers_and_a_valid_signature_arrive() {
     let rx_http = receiver(|_| status(204)).await;
     let mut t = target(rx_http.url());
-    t.secret = Some(SECRET.into());
-    t.method = HttpMethod::Put;
-    t.headers = vec![("Authorization".into(), "Bearer t0ken".into())];
+    t.delivery.signer = signer(SECRET);
+    t.delivery.method = HttpMethod::Put;
+    t.delivery
+        .headers
+        .insert("authorization", HeaderValue::from_static("Bearer t0ken"));
     let (d, mut rx) = start(t);
-    d.submit(0, job(7)).await;
+    d.submit(T0, job(7)).await;
     assert_eq!(acks(&mut rx, 1, Duration::from_secs(5)).await, vec![7]);
 
     let reqs = rx_http.requests();
@@ -278,7 +294,7 @@ async fn headers_and_a_valid_signature_arrive() {
 async fn no_signature_header_without_a_secret() {
     let rx_http = receiver(|_| status(200)).await;
     let (d, mut rx) = start(target(rx_http.url()));
-    d.submit(0, job(1)).await;
+    d.submit(T0, job(1)).await;
     acks(&mut rx, 1, Duration::from_secs(5)).await;
     assert!(
         rx_http.requests()[0]
@@ -302,12 +318,12 @@ async fn batches_wrap_raw_events_in_order() {
     })
     .await;
     let mut t = target(rx_http.url());
-    t.batch = 10;
+    t.delivery.batch = nz(10);
     let (d, mut rx) = start(t);
     let raw = |i: u64| format!(r#"{{"seq": {i}, "n": 1.50}}"#); // spacing and 1.50 must survive
     for i in 0..25 {
         d.submit(
-            0,
+            T0,
             Job {
                 body: Bytes::from(raw(i)),
                 order_key: 0,
@@ -359,19 +375,19 @@ async fn per_key_order_holds_under_concurrency_and_retries() {
     // Every 7th request fails, so lanes retry while others move on.
     let rx_http = receiver(|n| if n % 7 == 3 { status(503) } else { status(200) }).await;
     let mut t = target(rx_http.url());
-    t.concurrency = 8;
+    t.delivery.concurrency = nz(8);
     let (d, mut rx) = start(t);
     let keys = 50u64;
     for i in 0..1000u64 {
         let key = i % keys;
         let body = format!(r#"{{"key":{key},"seq":{i}}}"#);
         d.submit(
-            0,
+            T0,
             Job {
                 id: format!("evt_{i}"),
                 body: Bytes::from(body),
                 order_key: key,
-                txn: i,
+                txn: Ack { session: 0, txn: i },
             },
         )
         .await;
@@ -419,10 +435,10 @@ async fn acked_once_only_after_success_through_503_and_429_retry_after() {
     })
     .await;
     let mut t = target(rx_http.url());
-    t.retry.max = Duration::from_secs(3); // so Retry-After: 1 is not capped
+    t.delivery.retry.max = Duration::from_secs(3); // so Retry-After: 1 is not capped
     let (d, mut rx) = start(t);
     for i in 0..5 {
-        d.submit(0, job(i)).await;
+        d.submit(T0, job(i)).await;
     }
     let mut got = vec![];
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -466,12 +482,12 @@ async fn nothing_is_acked_while_the_receiver_is_down() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap()
     }; // dropped: connections are refused now
-    let url: reqwest::Url = format!("http://{addr}/hook").parse().unwrap();
+    let url: url::Url = format!("http://{addr}/hook").parse().unwrap();
     let mut t = target(url);
-    t.concurrency = 4;
+    t.delivery.concurrency = nz(4);
     let (d, mut rx) = start(t);
     for i in 0..20 {
-        d.submit(0, job(i)).await;
+        d.submit(T0, job(i)).await;
     }
     assert!(
         no_more_acks(&mut rx, Duration::from_millis(300))
@@ -500,17 +516,17 @@ async fn discarded_jobs_are_neither_sent_nor_acked() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap()
     }; // connections are refused until the receiver starts
-    let url: reqwest::Url = format!("http://{addr}/hook").parse().unwrap();
+    let url: url::Url = format!("http://{addr}/hook").parse().unwrap();
     let mut t = target(url);
-    t.concurrency = 4;
+    t.delivery.concurrency = nz(4);
     let (d, mut rx) = start(t);
     for i in 0..20 {
-        d.submit(0, job(i)).await;
+        d.submit(T0, job(i)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await; // heads are retrying now
     d.discard_queued();
     for i in 100..110 {
-        d.submit(0, job(i)).await;
+        d.submit(T0, job(i)).await;
     }
     let rx_http = receiver_on(TcpListener::bind(addr).await.unwrap(), |_| status(200));
     let mut got = acks(&mut rx, 10, Duration::from_secs(5)).await;
@@ -537,7 +553,7 @@ async fn redirects_are_not_followed() {
     })
     .await;
     let (d, mut rx) = start(target(rx_http.url()));
-    d.submit(0, job(1)).await;
+    d.submit(T0, job(1)).await;
     assert!(
         no_more_acks(&mut rx, Duration::from_millis(300))
             .await
@@ -563,10 +579,10 @@ async fn other_4xx_and_410_are_retried_until_delivered() {
         })
         .await;
         let mut t = target(rx_http.url());
-        t.on_4xx = on_4xx;
+        t.delivery.on_4xx = on_4xx;
         let (d, mut rx) = start(t);
-        d.submit(0, job(1)).await;
-        d.submit(0, job(2)).await;
+        d.submit(T0, job(1)).await;
+        d.submit(T0, job(2)).await;
         let got = acks(&mut rx, 2, Duration::from_secs(5)).await;
         assert_eq!(got, vec![1, 2], "{on_4xx:?}");
         let statuses: Vec<u16> = rx_http.requests().iter().map(|r| r.status).collect();
@@ -585,7 +601,7 @@ async fn shutdown_finishes_in_flight_and_abandons_the_rest_unacked() {
     .await;
     let (d, mut rx) = start(target(rx_http.url()));
     for i in 0..10 {
-        d.submit(0, job(i)).await;
+        d.submit(T0, job(i)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await; // job 0 is on the wire
     let started = Instant::now();
@@ -617,12 +633,12 @@ async fn shutdown_abandons_what_grace_does_not_cover() {
     })
     .await;
     let mut t = target(rx_http.url());
-    t.concurrency = 2;
+    t.delivery.concurrency = nz(2);
     let (d, mut rx) = start(t);
-    d.submit(0, job(0)).await;
+    d.submit(T0, job(0)).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     for i in 1..10 {
-        d.submit(0, job(i)).await;
+        d.submit(T0, job(i)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
@@ -659,7 +675,7 @@ async fn submit_waits_when_the_lane_is_full_and_drops_nothing() {
     let (d2, s2) = (d.clone(), submitted.clone());
     let producer = tokio::spawn(async move {
         for i in 0..600 {
-            d2.submit(0, job(i)).await;
+            d2.submit(T0, job(i)).await;
             s2.fetch_add(1, AtomicOrdering::SeqCst);
         }
     });
@@ -683,27 +699,6 @@ async fn submit_waits_when_the_lane_is_full_and_drops_nothing() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_settings_are_refused_at_start() {
-    let url: reqwest::Url = "http://127.0.0.1:9/".parse().unwrap();
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let mut t = target(url.clone());
-    t.secret = Some("whsec_not base64!".into());
-    let err = Dispatcher::start(vec![t], tx.clone())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("whsec_") && !err.contains("not base64!"),
-        "{err}"
-    );
-    let mut t = target(url.clone());
-    t.concurrency = 0;
-    assert!(Dispatcher::start(vec![t], tx.clone()).is_err());
-    let mut t = target(url);
-    t.headers = vec![("bad header".into(), "x".into())];
-    assert!(Dispatcher::start(vec![t], tx).is_err());
-}
-
 /// Throughput against a local receiver; prints numbers, asserts nothing about speed.
 /// `cargo test --release --test delivery -- --ignored --nocapture throughput`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -721,9 +716,9 @@ async fn throughput() {
     for (batch, concurrency, n) in runs {
         let receiver = receiver(|_| status(204)).await;
         let mut t = target(receiver.url());
-        t.batch = batch;
-        t.concurrency = concurrency;
-        t.secret = Some(SECRET.into());
+        t.delivery.batch = nz(batch);
+        t.delivery.concurrency = nz(concurrency);
+        t.delivery.signer = signer(SECRET);
         let (d, mut rx) = start(t);
         let body = Bytes::from_static(br#"{"id":"0/16B3748-1","type":"update","trigger":"bench","schema":"public","table":"orders","record":{"id":1,"status":"paid","amount":"12.50"},"old_record":null,"commit_lsn":"0/16B3748","xid":1234,"committed_at":"2026-11-30T09:55:19.123456Z"}"#);
         let started = Instant::now();
@@ -732,12 +727,12 @@ async fn throughput() {
         let producer = tokio::spawn(async move {
             for i in 0..n {
                 d2.submit(
-                    0,
+                    T0,
                     Job {
                         id: format!("evt_{i}"),
                         body: body.clone(),
                         order_key: i,
-                        txn: i,
+                        txn: Ack { session: 0, txn: i },
                     },
                 )
                 .await;
@@ -785,7 +780,7 @@ impl Lines {
     }
 }
 
-async fn listen(secret: Option<&str>) -> (reqwest::Url, Lines, tokio::task::JoinHandle<()>) {
+async fn listen(secret: Option<&str>) -> (url::Url, Lines, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/any/path", listener.local_addr().unwrap())
         .parse()
@@ -803,10 +798,10 @@ async fn listen(secret: Option<&str>) -> (reqwest::Url, Lines, tokio::task::Join
 async fn listen_prints_and_verifies_what_delivery_sends() {
     let (url, lines, task) = listen(Some(SECRET)).await;
     let mut t = target(url);
-    t.secret = Some(SECRET.into());
-    t.batch = 5;
+    t.delivery.signer = signer(SECRET);
+    t.delivery.batch = nz(5);
     let (d, mut rx) = start(t);
-    d.submit(0, job(1)).await;
+    d.submit(T0, job(1)).await;
     acks(&mut rx, 1, Duration::from_secs(5)).await;
     d.shutdown(Duration::from_secs(1)).await;
     let got = lines.parsed();
@@ -825,9 +820,9 @@ async fn listen_prints_and_verifies_what_delivery_sends() {
 async fn listen_answers_401_to_a_wrong_signature_so_nothing_is_acked() {
     let (url, lines, task) = listen(Some(SECRET)).await;
     let mut t = target(url);
-    t.secret = Some("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into());
+    t.delivery.signer = signer("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
     let (d, mut rx) = start(t);
-    d.submit(0, job(1)).await;
+    d.submit(T0, job(1)).await;
     assert!(
         no_more_acks(&mut rx, Duration::from_millis(300))
             .await
@@ -849,7 +844,7 @@ async fn listen_without_a_secret_reports_null_and_keeps_non_json_as_text() {
     let (url, lines, task) = listen(None).await;
     let (d, mut rx) = start(target(url));
     d.submit(
-        0,
+        T0,
         Job {
             body: Bytes::from_static(b"plain text"),
             ..job(3)
@@ -878,9 +873,9 @@ async fn listen_answers_health_checks_without_printing_them_but_prints_deliverie
     );
     // A trigger whose URL happens to end in /healthz still gets its deliveries printed.
     let mut t = target(url.join("/healthz").unwrap());
-    t.secret = Some(SECRET.into());
+    t.delivery.signer = signer(SECRET);
     let (d, mut rx) = start(t);
-    d.submit(0, job(1)).await;
+    d.submit(T0, job(1)).await;
     acks(&mut rx, 1, Duration::from_secs(5)).await;
     d.shutdown(Duration::from_secs(1)).await;
     let got = lines.parsed();
@@ -901,11 +896,15 @@ async fn metrics_count_outcomes_time_requests_and_track_depth() {
     t.name = "orders".into();
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Handles are made at start, so a recorder in scope there is the one they record into.
-    let d = metrics::with_local_recorder(&recorder, || Dispatcher::start(vec![t], tx)).unwrap();
+    let d = metrics::with_local_recorder(&recorder, || Dispatcher::start(&[t], tx)).unwrap();
     for i in 0..3 {
-        d.submit(0, job(i)).await;
+        d.submit(T0, job(i)).await;
     }
-    acks(&mut rx, 3, Duration::from_secs(5)).await;
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an ack within 5 s");
+    }
     let text = prometheus.render();
     let has = |line: &str| text.lines().any(|l| l == line);
     assert!(

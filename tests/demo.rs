@@ -160,7 +160,13 @@ fn demo_prints_verified_deliveries_and_leaves_nothing_behind_on_ctrl_c() {
     let parsed = walhook::config::parse(&config, Path::new("printed"), &|_| None)
         .unwrap_or_else(|e| panic!("{e}\n{config}"));
     assert_eq!(parsed.triggers.len(), 2);
-    assert!(parsed.triggers[0].url.as_str().ends_with("/hooks/orders"));
+    assert!(
+        parsed.triggers[0]
+            .delivery
+            .url
+            .as_str()
+            .ends_with("/hooks/orders")
+    );
 
     // The log says where the status server listens; it is ready, and every metric has help.
     let addr: SocketAddr = text

@@ -19,7 +19,7 @@ use walhook::source::pgoutput::{Relation, RelationColumn, ReplicaIdentity};
 use walhook::source::relations::{RelationCache, builtin_oids};
 use walhook::source::values::{PgType, text_to_json};
 
-/// The replication session's settings (see DESIGN.md / source::connection).
+/// The replication session's settings (as `source::connection` sets them at startup).
 const SESSION: &str = "SET DateStyle = 'ISO, MDY'; SET TimeZone = 'UTC'; \
     SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'; \
     SET client_encoding = 'UTF8'";

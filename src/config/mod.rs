@@ -4,7 +4,8 @@
 //! schema is then walked by hand rather than through serde, because serde stops at the first
 //! error and `walhook check` must report every problem at once, each with its line.
 //!
-//! Rules worth knowing (they are the user-facing contract, see DESIGN.md "Config"):
+//! Rules worth knowing (they are the user-facing contract; the README's configuration
+//! reference says the same):
 //!
 //! - `${VAR}` and `${VAR:-default}` are replaced inside string values after TOML parsing, so
 //!   line numbers stay right and a `$` anywhere else is literal. `:-` uses the default when the
@@ -25,14 +26,13 @@
 //! The work is split by idea: `reader` reads typed values out of the document and records
 //! problems with their lines, `schema` says which tables and keys walhook.toml has,
 //! `interpolate` replaces `${VAR}`s, `table_name` reads SQL table identifiers, `when`
-//! compiles `when` expressions and `secret` checks the Standard Webhooks secret format.
+//! compiles `when` expressions (secrets are parsed by [`crate::delivery::sign::Signer::new`],
+//! the one parser `run` and `listen` use too).
 
 mod interpolate;
 mod reader;
 mod schema;
-mod secret;
 mod table_name;
-pub use secret::check_secret;
 pub use table_name::parse_table;
 #[cfg(test)]
 mod tests;
@@ -46,8 +46,10 @@ use std::time::Duration;
 use crate::event::ChangeKind;
 
 use reader::Reader;
+pub(crate) use reader::closest;
 pub use when::WHEN_VARIABLES;
-pub(crate) use when::check_cel;
+#[cfg(test)]
+pub(crate) use when::compile_when;
 
 /// Which events of a target must keep commit order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -162,75 +164,207 @@ impl Default for ServerConfig {
     }
 }
 
-/// One `[[trigger]]`, with every `[defaults]` value resolved.
-#[derive(Clone, PartialEq)]
-pub struct Trigger {
-    /// Unique name, `[A-Za-z0-9_-]+` (it is part of event ids).
-    pub name: String,
-    /// Schema of the table, exact (already unquoted).
+/// A trigger's place in the config (0-based, file order): the id every stage of the
+/// pipeline uses for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TriggerId(u32);
+
+impl TriggerId {
+    /// The first trigger's id.
+    pub const FIRST: TriggerId = TriggerId(0);
+
+    /// The id of the trigger at `index` in [`Config::triggers`].
+    pub fn new(index: usize) -> TriggerId {
+        // The config caps nothing here, but no file holds 4 billion triggers.
+        TriggerId(u32::try_from(index).unwrap_or(u32::MAX))
+    }
+
+    /// The index in [`Config::triggers`].
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// A table as Postgres names it: exact (already unquoted) schema and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    /// Schema.
     pub schema: String,
-    /// Table name, exact (already unquoted).
-    pub table: String,
+    /// Table.
+    pub name: String,
+}
+
+impl TableName {
+    /// `schema.name`, exact.
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> TableName {
+        TableName {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `"schema"."name"`: safe to put in SQL.
+    pub fn quoted(&self) -> String {
+        format!(
+            "\"{}\".\"{}\"",
+            self.schema.replace('"', "\"\""),
+            self.name.replace('"', "\"\"")
+        )
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// A compiled `when` expression.
+#[derive(Clone)]
+pub struct When {
+    /// The expression as written.
+    pub source: String,
+    /// Compiled once at load time.
+    pub program: std::sync::Arc<cel::Program>,
+    /// Columns it reads as `record.x` / `old_record.x` (checked against the table).
+    pub columns: Vec<RowColumn>,
+}
+
+impl PartialEq for When {
+    fn eq(&self, other: &When) -> bool {
+        self.source == other.source
+    }
+}
+
+impl fmt::Debug for When {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+pub use when::RowColumn;
+
+/// Which changes a trigger takes and what it sends of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
     /// The change kinds that fire, without duplicates.
     pub events: Vec<ChangeKind>,
-    /// Target URL (http or https).
-    pub url: reqwest::Url,
-    /// HTTP method.
-    pub method: HttpMethod,
-    /// Extra request headers, valid HTTP names and values, in file order.
-    pub headers: Vec<(String, String)>,
-    /// Standard Webhooks secret, `whsec_<base64>`.
-    pub secret: Option<String>,
-    /// CEL filter source (compiled by [`crate::triggers::Router`]).
-    pub when: Option<String>,
     /// Updates fire only if one of these columns changed; empty means no such filter.
     pub changed: Vec<String>,
     /// Payload projection: only these columns, in this order.
     pub columns: Option<Vec<String>>,
-    /// Request timeout.
+    /// CEL filter.
+    pub when: Option<When>,
+    /// Which events keep commit order.
+    pub ordering: Ordering,
+}
+
+/// Where and how a trigger's events are sent.
+#[derive(Clone)]
+pub struct DeliverySpec {
+    /// Target URL (http or https, with a host).
+    pub url: url::Url,
+    /// HTTP method.
+    pub method: HttpMethod,
+    /// Extra request headers (values marked sensitive); they replace defaults of the same name.
+    pub headers: http::HeaderMap,
+    /// Standard Webhooks signer, when the trigger has a secret.
+    pub signer: Option<crate::delivery::sign::Signer>,
+    /// Request timeout (more than zero).
     pub timeout: Duration,
     /// Retry schedule.
     pub retry: RetrySettings,
-    /// In-flight requests to this target.
-    pub concurrency: usize,
-    /// Which events keep commit order.
-    pub ordering: Ordering,
+    /// In-flight requests to this target (lanes).
+    pub concurrency: std::num::NonZeroUsize,
     /// Events per request (1: one event per body).
-    pub batch: usize,
+    pub batch: std::num::NonZeroUsize,
     /// What a plain 4xx does.
     pub on_4xx: On4xx,
 }
 
-impl Trigger {
-    /// The decoded HMAC key of `secret` (the bytes after `whsec_`).
-    pub fn secret_key(&self) -> Option<Vec<u8>> {
-        self.secret.as_deref().and_then(secret::key)
+/// `[defaults] timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[defaults] concurrency`.
+pub const DEFAULT_CONCURRENCY: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(64) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
+
+impl DeliverySpec {
+    /// Delivery to `url` with every setting at its `[defaults]` value.
+    pub fn new(url: url::Url) -> DeliverySpec {
+        DeliverySpec {
+            url,
+            method: HttpMethod::Post,
+            headers: http::HeaderMap::new(),
+            signer: None,
+            timeout: DEFAULT_TIMEOUT,
+            retry: RetrySettings::default(),
+            concurrency: DEFAULT_CONCURRENCY,
+            batch: std::num::NonZeroUsize::MIN,
+            on_4xx: On4xx::Retry,
+        }
     }
 }
 
-impl fmt::Debug for Trigger {
+impl Route {
+    /// Every create, update and delete, unfiltered, ordered by row.
+    pub fn all() -> Route {
+        Route {
+            events: vec![ChangeKind::Create, ChangeKind::Update, ChangeKind::Delete],
+            changed: Vec::new(),
+            columns: None,
+            when: None,
+            ordering: Ordering::Row,
+        }
+    }
+}
+
+impl Trigger {
+    /// A trigger at `index` with [`Route::all`] and [`DeliverySpec::new`]: for code that
+    /// builds triggers without a file (tests, benchmarks).
+    pub fn new(index: usize, name: &str, table: TableName, url: url::Url) -> Trigger {
+        Trigger {
+            id: TriggerId::new(index),
+            name: name.to_owned(),
+            table,
+            route: Route::all(),
+            delivery: DeliverySpec::new(url),
+        }
+    }
+}
+
+impl fmt::Debug for DeliverySpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let headers: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
-        f.debug_struct("Trigger")
-            .field("name", &self.name)
-            .field("schema", &self.schema)
-            .field("table", &self.table)
-            .field("events", &self.events)
+        let headers: Vec<&str> = self.headers.keys().map(|n| n.as_str()).collect();
+        f.debug_struct("DeliverySpec")
             .field("url", &"<redacted>")
             .field("method", &self.method)
             .field("headers", &headers)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .field("when", &self.when)
-            .field("changed", &self.changed)
-            .field("columns", &self.columns)
+            .field("signer", &self.signer.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
             .field("concurrency", &self.concurrency)
-            .field("ordering", &self.ordering)
             .field("batch", &self.batch)
             .field("on_4xx", &self.on_4xx)
             .finish()
     }
+}
+
+/// One `[[trigger]]` in its runtime form, with every `[defaults]` value resolved: what the
+/// router and the dispatcher run, built once when the config is loaded.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    /// Its place in the config.
+    pub id: TriggerId,
+    /// Unique name, `[A-Za-z0-9_-]+` (it is part of event ids).
+    pub name: String,
+    /// The table it watches.
+    pub table: TableName,
+    /// What it takes and sends.
+    pub route: Route,
+    /// Where it sends.
+    pub delivery: DeliverySpec,
 }
 
 /// One thing wrong with the config file.

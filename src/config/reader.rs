@@ -81,7 +81,7 @@ impl<'e> Reader<'e> {
             .collect();
         for (k, span) in unknown {
             let mut message = format!("unknown key `{k}`");
-            if let Some(near) = allowed.iter().find(|a| edit_distance(a, &k) <= 2) {
+            if let Some(near) = closest(allowed, &k) {
                 message.push_str(&format!(" (did you mean `{near}`?)"));
             }
             self.problem(span, &join(prefix, &k), message);
@@ -183,7 +183,12 @@ impl<'e> Reader<'e> {
     }
 
     /// An integer from 1 to `max`.
-    pub(super) fn count(&mut self, found: &Found<'_>, key: &str, max: i64) -> Option<usize> {
+    pub(super) fn count(
+        &mut self,
+        found: &Found<'_>,
+        key: &str,
+        max: i64,
+    ) -> Option<std::num::NonZeroUsize> {
         let Some(n) = found.item.as_integer() else {
             self.wrong_type(found, key, "an integer");
             return None;
@@ -193,7 +198,9 @@ impl<'e> Reader<'e> {
             self.problem(found.span.clone(), key, message);
             return None;
         }
-        usize::try_from(n).ok()
+        usize::try_from(n)
+            .ok()
+            .and_then(std::num::NonZeroUsize::new)
     }
 
     /// One of `choices` (matched without regard to case).
@@ -245,7 +252,15 @@ fn value_type_name(v: &Value) -> &'static str {
     }
 }
 
-/// Levenshtein distance, for "did you mean" hints on short key names.
+/// The first of `candidates` within two edits of `word`: the "did you mean" of messages.
+pub(crate) fn closest<'c, S: AsRef<str>>(candidates: &'c [S], word: &str) -> Option<&'c str> {
+    candidates
+        .iter()
+        .map(AsRef::as_ref)
+        .find(|c| edit_distance(c, word) <= 2)
+}
+
+/// Levenshtein distance, for "did you mean" hints on short names.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();

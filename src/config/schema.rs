@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -10,12 +11,13 @@ use std::time::Duration;
 use toml_edit::{Item, TableLike, Value};
 
 use super::reader::{Found, Reader, join, type_name};
-use super::secret::check_secret;
 use super::table_name::{MAX_IDENT, parse_table};
-use super::when::check_cel;
+use super::when::compile_when;
 use super::{
-    Config, HttpMethod, On4xx, Ordering, RetrySettings, ServerConfig, SourceConfig, Trigger,
+    Config, DeliverySpec, HttpMethod, On4xx, Ordering, RetrySettings, Route, ServerConfig,
+    SourceConfig, TableName, Trigger, TriggerId,
 };
+use crate::delivery::sign::Signer;
 use crate::event::ChangeKind;
 
 const MAX_CONCURRENCY: i64 = 10_000;
@@ -54,20 +56,20 @@ const TRIGGER_KEYS: &[&str] = &[
 struct Settings {
     timeout: Duration,
     retry: RetrySettings,
-    concurrency: usize,
+    concurrency: NonZeroUsize,
     ordering: Ordering,
-    batch: usize,
+    batch: NonZeroUsize,
     on_4xx: On4xx,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            timeout: Duration::from_secs(10),
+            timeout: super::DEFAULT_TIMEOUT,
             retry: RetrySettings::default(),
-            concurrency: 64,
+            concurrency: super::DEFAULT_CONCURRENCY,
             ordering: Ordering::Row,
-            batch: 1,
+            batch: NonZeroUsize::MIN,
             on_4xx: On4xx::Retry,
         }
     }
@@ -385,23 +387,27 @@ impl Reader<'_> {
         };
         let headers = match self.get(table, "headers") {
             Some(f) => self.headers(&f, &key("headers")),
-            None => Some(Vec::new()),
+            None => Some(http::HeaderMap::new()),
         };
-        let secret = self.get(table, "secret").map(|f| {
+        let signer = self.get(table, "secret").map(|f| {
             let s = self.string(&f, &key("secret"))?;
-            if let Err(message) = check_secret(&s) {
-                self.problem(f.span.clone(), &key("secret"), message);
-                return None;
+            match Signer::new(&s) {
+                Ok(signer) => Some(signer),
+                Err(e) => {
+                    self.problem(f.span.clone(), &key("secret"), e.to_string());
+                    None
+                }
             }
-            Some(s)
         });
         let when = self.get(table, "when").map(|f| {
             let s = self.string(&f, &key("when"))?;
-            if let Err(message) = check_cel(&s).map(drop) {
-                self.problem(f.span.clone(), &key("when"), message);
-                return None;
+            match compile_when(&s) {
+                Ok(w) => Some(w),
+                Err(message) => {
+                    self.problem(f.span.clone(), &key("when"), message);
+                    None
+                }
             }
-            Some(s)
         });
         let changed = match self.get(table, "changed") {
             Some(f) => self.string_list(&f, &key("changed")),
@@ -417,23 +423,27 @@ impl Reader<'_> {
         }
         let (schema, table) = relation?;
         Some(Trigger {
+            id: TriggerId::new(index),
             name: name?,
-            schema,
-            table,
-            events: events?,
-            url: url?,
-            method: method?,
-            headers: headers?,
-            secret: secret.flatten(),
-            when: when.flatten(),
-            changed: changed?,
-            columns: columns.flatten(),
-            timeout: settings.timeout,
-            retry: settings.retry,
-            concurrency: settings.concurrency,
-            ordering: settings.ordering,
-            batch: settings.batch,
-            on_4xx: settings.on_4xx,
+            table: TableName::new(schema, table),
+            route: Route {
+                events: events?,
+                changed: changed?,
+                columns: columns.flatten(),
+                when: when.flatten(),
+                ordering: settings.ordering,
+            },
+            delivery: DeliverySpec {
+                url: url?,
+                method: method?,
+                headers: headers?,
+                signer: signer.flatten(),
+                timeout: settings.timeout,
+                retry: settings.retry,
+                concurrency: settings.concurrency,
+                batch: settings.batch,
+                on_4xx: settings.on_4xx,
+            },
         })
     }
 
@@ -463,9 +473,9 @@ impl Reader<'_> {
         Some(out)
     }
 
-    fn headers(&mut self, found: &Found<'_>, key: &str) -> Option<Vec<(String, String)>> {
+    fn headers(&mut self, found: &Found<'_>, key: &str) -> Option<http::HeaderMap> {
         let table = self.table(found, key)?;
-        let mut out: Vec<(String, String)> = Vec::new();
+        let mut out = http::HeaderMap::new();
         let mut seen = HashSet::new();
         let mut ok = true;
         let entries: Vec<(&str, &Item)> = table.iter().collect();
@@ -476,11 +486,11 @@ impl Reader<'_> {
             };
             let header_key = format!("{key}.{name}");
             let lower = name.to_ascii_lowercase();
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            let Ok(header_name) = http::HeaderName::from_bytes(name.as_bytes()) else {
                 self.problem(f.span.clone(), &header_key, "not a valid HTTP header name");
                 ok = false;
                 continue;
-            }
+            };
             if RESERVED_HEADERS.contains(&lower.as_str()) {
                 let message = format!("`{name}` is set by walhook and cannot be overridden");
                 self.problem(f.span.clone(), &header_key, message);
@@ -498,14 +508,16 @@ impl Reader<'_> {
                 continue;
             };
             // The value is not echoed: headers usually carry credentials.
-            if reqwest::header::HeaderValue::from_str(&value).is_err() {
+            let Ok(mut header_value) = http::HeaderValue::from_str(&value) else {
                 let message =
                     "not a valid HTTP header value (control characters or non-ASCII text)";
                 self.problem(f.span.clone(), &header_key, message);
                 ok = false;
                 continue;
-            }
-            out.push((name.to_owned(), value));
+            };
+            // Custom headers usually carry tokens: keep them out of any debug output.
+            header_value.set_sensitive(true);
+            out.insert(header_name, header_value);
         }
         ok.then_some(out)
     }
@@ -519,8 +531,8 @@ fn valid_trigger_name(name: &str) -> bool {
 }
 
 /// An http(s) URL with a host; the error never contains the URL.
-fn target_url(s: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(s).map_err(|e| format!("not a valid URL ({e})"))?;
+fn target_url(s: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(s).map_err(|e| format!("not a valid URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
         let scheme = url.scheme();
         return Err(format!(

@@ -34,7 +34,7 @@ fn with_trigger(extra: &str) -> String {
     )
 }
 
-const DESIGN_EXAMPLE: &str = r#"
+const FULL_EXAMPLE: &str = r#"
 [source]
 url = "${DATABASE_URL}"        # libpq-style URL
 slot = "walhook"
@@ -62,28 +62,42 @@ columns = ["id", "status", "amount"]
 
 #[test]
 fn the_design_example_loads() {
-    let c = ok(DESIGN_EXAMPLE);
+    let c = ok(FULL_EXAMPLE);
     assert_eq!(c.source.url, "postgres://walhook:hunter2@db/app");
     assert_eq!(c.source.slot, "walhook");
     assert_eq!(c.server.listen, Some("0.0.0.0:8187".parse().unwrap()));
     let t = &c.triggers[0];
     assert_eq!(t.name, "order-paid");
-    assert_eq!((t.schema.as_str(), t.table.as_str()), ("public", "orders"));
-    assert_eq!(t.events, vec![ChangeKind::Create, ChangeKind::Update]);
-    assert_eq!(t.url.as_str(), "https://api.example.com/hooks/orders");
+    assert_eq!(t.table, TableName::new("public", "orders"));
+    let (r, d) = (&t.route, &t.delivery);
+    assert_eq!(r.events, vec![ChangeKind::Create, ChangeKind::Update]);
+    assert_eq!(d.url.as_str(), "https://api.example.com/hooks/orders");
+    let headers: Vec<(&str, &[u8])> = d
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    assert_eq!(headers, vec![("authorization", &b"Bearer tok-123"[..])]);
+    // The signer is keyed with the secret: it reproduces a signature made with it.
+    let expected = crate::delivery::sign::Signer::new(SECRET)
+        .unwrap()
+        .sign("id", "1", b"{}");
+    assert_eq!(d.signer.as_ref().unwrap().sign("id", "1", b"{}"), expected);
+    assert_eq!(r.changed, vec!["status"]);
     assert_eq!(
-        t.headers,
-        vec![("Authorization".into(), "Bearer tok-123".into())]
-    );
-    assert_eq!(t.secret.as_deref(), Some(SECRET));
-    assert!(t.secret_key().is_some_and(|k| !k.is_empty()));
-    assert_eq!(t.changed, vec!["status"]);
-    assert_eq!(
-        t.columns.as_deref(),
+        r.columns.as_deref(),
         Some(&["id".into(), "status".into(), "amount".into()][..])
     );
-    assert_eq!(t.retry, RetrySettings::default());
-    assert_eq!(t.timeout, Duration::from_secs(10));
+    let when = r.when.as_ref().unwrap();
+    assert_eq!(
+        when.columns
+            .iter()
+            .map(|c| format!("{}.{}", c.variable, c.column))
+            .collect::<Vec<_>>(),
+        vec!["record.status", "old_record.status"]
+    );
+    assert_eq!(d.retry, RetrySettings::default());
+    assert_eq!(d.timeout, Duration::from_secs(10));
 }
 
 #[test]
@@ -92,12 +106,13 @@ fn defaults_fill_in_everything_left_out() {
     assert_eq!(c.source.slot, "walhook");
     assert_eq!(c.source.publication, "walhook");
     let t = &c.triggers[0];
-    assert_eq!(t.events.len(), 3);
-    assert_eq!(t.method, HttpMethod::Post);
-    assert_eq!((t.concurrency, t.batch), (64, 1));
-    assert_eq!((t.ordering, t.on_4xx), (Ordering::Row, On4xx::Retry));
-    assert!(t.secret.is_none() && t.when.is_none() && t.columns.is_none());
-    assert!(t.changed.is_empty() && t.headers.is_empty());
+    let (r, d) = (&t.route, &t.delivery);
+    assert_eq!(r.events.len(), 3);
+    assert_eq!(d.method, HttpMethod::Post);
+    assert_eq!((d.concurrency.get(), d.batch.get()), (64, 1));
+    assert_eq!((r.ordering, d.on_4xx), (Ordering::Row, On4xx::Retry));
+    assert!(d.signer.is_none() && r.when.is_none() && r.columns.is_none());
+    assert!(r.changed.is_empty() && d.headers.is_empty());
 }
 
 #[test]
@@ -125,15 +140,16 @@ timeout = "500ms"
 method = "patch"
 "#;
     let c = ok(text);
-    let (a, b) = (&c.triggers[0], &c.triggers[1]);
+    let (a, b) = (&c.triggers[0].delivery, &c.triggers[1].delivery);
     assert_eq!(a.retry.initial, Duration::from_secs(2));
     assert_eq!(a.retry.max, Duration::from_secs(60));
     assert_eq!(a.retry.park_after, Duration::from_secs(120));
-    assert_eq!(a.concurrency, 8);
+    assert_eq!(a.concurrency.get(), 8);
     assert_eq!(b.retry.initial, Duration::from_secs(2));
     assert_eq!(b.retry.max, Duration::from_secs(300));
-    assert_eq!((b.concurrency, b.batch), (1, 100));
-    assert_eq!((b.ordering, b.on_4xx), (Ordering::None, On4xx::Dead));
+    assert_eq!((b.concurrency.get(), b.batch.get()), (1, 100));
+    let ordering = c.triggers[1].route.ordering;
+    assert_eq!((ordering, b.on_4xx), (Ordering::None, On4xx::Dead));
     assert_eq!(b.timeout, Duration::from_millis(500));
     assert_eq!(b.method, HttpMethod::Patch);
 }
@@ -267,7 +283,7 @@ fn source_url_and_secrets_never_appear_in_errors() {
 
 #[test]
 fn debug_output_redacts_credentials() {
-    let c = ok(DESIGN_EXAMPLE);
+    let c = ok(FULL_EXAMPLE);
     let shown = format!("{c:?}");
     for leaked in ["hunter2", "tok-123", SECRET] {
         assert!(!shown.contains(leaked), "{leaked} leaked in {shown}");
@@ -389,7 +405,7 @@ fn bad_cel_is_reported() {
     let text = with_trigger(
         "when = \"record.tags.exists(t, t == 'vip') && type(record.id) == int && [1].map(x, x) == [1]\"\n",
     );
-    assert!(ok(&text).triggers[0].when.is_some());
+    assert!(ok(&text).triggers[0].route.when.is_some());
     let shown = err(&with_trigger("when = \"record.status == \"\n")).to_string();
     assert!(shown.contains(" at 1:"), "{shown}");
 }

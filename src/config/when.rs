@@ -21,6 +21,91 @@ const CEL_TYPE_NAMES: &[&str] = &[
     "uint",
 ];
 
+/// A row column an expression reads: `record.status`, `old_record["amount"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowColumn {
+    /// `record` or `old_record`.
+    pub variable: &'static str,
+    /// The column name.
+    pub column: String,
+}
+
+/// Compiles a `when` expression into its runtime form.
+pub(crate) fn compile_when(s: &str) -> Result<super::When, String> {
+    let program = check_cel(s)?;
+    let columns = row_columns(program.expression());
+    Ok(super::When {
+        source: s.to_owned(),
+        program: std::sync::Arc::new(program),
+        columns,
+    })
+}
+
+/// The columns of `record` / `old_record` that `expr` reads by name, in order, once each.
+fn row_columns(expr: &cel::IdedExpr) -> Vec<RowColumn> {
+    use cel::common::ast::{Expr, LiteralValue};
+    fn row_var(e: &cel::IdedExpr) -> Option<&'static str> {
+        match &e.expr {
+            Expr::Ident(name) if name == "record" => Some("record"),
+            Expr::Ident(name) if name == "old_record" => Some("old_record"),
+            _ => None,
+        }
+    }
+    fn walk(e: &cel::IdedExpr, out: &mut Vec<RowColumn>) {
+        let found = match &e.expr {
+            Expr::Select(select) => row_var(&select.operand).map(|v| (v, select.field.clone())),
+            // record["x"]
+            Expr::Call(call) if call.func_name == "_[_]" && call.args.len() == 2 => {
+                match (&call.args[1].expr, row_var(&call.args[0])) {
+                    (Expr::Literal(LiteralValue::String(s)), Some(v)) => {
+                        Some((v, s.inner().to_owned()))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some((variable, column)) = found {
+            let c = RowColumn { variable, column };
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        match &e.expr {
+            Expr::Call(call) => {
+                if let Some(target) = &call.target {
+                    walk(target, out);
+                }
+                call.args.iter().for_each(|a| walk(a, out));
+            }
+            Expr::Select(select) => walk(&select.operand, out),
+            Expr::List(list) => list.elements.iter().for_each(|x| walk(x, out)),
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    match &entry.expr {
+                        cel::common::ast::EntryExpr::MapEntry(m) => {
+                            walk(&m.key, out);
+                            walk(&m.value, out);
+                        }
+                        cel::common::ast::EntryExpr::StructField(f) => walk(&f.value, out),
+                    }
+                }
+            }
+            Expr::Comprehension(c) => {
+                walk(&c.iter_range, out);
+                walk(&c.accu_init, out);
+                walk(&c.loop_cond, out);
+                walk(&c.loop_step, out);
+                walk(&c.result, out);
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(expr, &mut out);
+    out
+}
+
 /// Compiles a `when` expression, so syntax errors and misspelt variables surface now rather
 /// than as a filter that is silently false for every event.
 pub(crate) fn check_cel(s: &str) -> Result<cel::Program, String> {

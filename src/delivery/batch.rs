@@ -84,7 +84,7 @@ mod tests {
             id: id.into(),
             body: Bytes::from_static(body.as_bytes()),
             order_key: 0,
-            txn: 0,
+            txn: super::super::Ack { session: 0, txn: 0 },
         }
     }
 

@@ -19,7 +19,7 @@ use super::connection::{Connection, Endpoint, HttpError};
 use super::outcome::{self, Verdict};
 use super::retry;
 use super::sign::Signer;
-use crate::config::HttpMethod;
+use crate::config::{DeliverySpec, HttpMethod};
 
 const USER_AGENT_VALUE: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
 /// A response body larger than this is not drained; the connection is dropped instead.
@@ -56,30 +56,21 @@ pub struct Client {
 }
 
 impl Client {
-    /// Builds the client of one target; fails on a bad secret, header or URL.
+    /// Builds the client of one target from its (validated) delivery spec.
     pub fn new(
         target: &str,
-        url: &reqwest::Url,
-        method: HttpMethod,
-        headers: &[(String, String)],
-        secret: Option<&str>,
-        timeout: Duration,
+        spec: &DeliverySpec,
         tls: &Arc<ClientConfig>,
     ) -> Result<Client, DeliveryError> {
-        let signer = secret
-            .map(Signer::new)
-            .transpose()
-            .map_err(|_| DeliveryError::BadSecret {
-                target: target.into(),
-            })?;
-        let bad_url = |what| DeliveryError::BadSetting {
+        let url = &spec.url;
+        let bad_url = |what| DeliveryError::BadUrl {
             target: target.into(),
             what,
         };
         let endpoint = Endpoint::new(url, tls).map_err(|e| bad_url(e.message()))?;
         let uri = Uri::from_maybe_shared(Bytes::from(origin_form(url)))
             .map_err(|_| bad_url("url path is not a valid request target"))?;
-        let mut fixed = HeaderMap::with_capacity(headers.len() + 8);
+        let mut fixed = HeaderMap::with_capacity(spec.headers.len() + 8);
         // The authority without user info; the port only when it is not the default.
         let host = match url.port() {
             Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
@@ -89,17 +80,9 @@ impl Client {
         fixed.insert(HOST, host);
         fixed.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         fixed.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        for (name, value) in headers {
-            let bad = || DeliveryError::BadHeader {
-                target: target.into(),
-                name: name.clone(),
-            };
-            let name_h = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
-            let mut value_h = HeaderValue::from_str(value).map_err(|_| bad())?;
-            // Custom headers usually carry tokens: keep them out of any debug output.
-            value_h.set_sensitive(true);
+        for (name, value) in &spec.headers {
             // A user header replaces a default one of the same name (e.g. content-type).
-            fixed.insert(name_h, value_h);
+            fixed.insert(name.clone(), value.clone());
         }
         // `https://user:pass@host/` means basic auth, and wins over a configured header
         // (as it did with reqwest, which this client replaced).
@@ -109,7 +92,7 @@ impl Client {
             value.set_sensitive(true);
             fixed.insert(AUTHORIZATION, value);
         }
-        let method = match method {
+        let method = match spec.method {
             HttpMethod::Post => Method::POST,
             HttpMethod::Put => Method::PUT,
             HttpMethod::Patch => Method::PATCH,
@@ -119,8 +102,8 @@ impl Client {
             method,
             uri,
             fixed,
-            signer,
-            timeout,
+            signer: spec.signer.clone(),
+            timeout: spec.timeout,
         })
     }
 
@@ -129,7 +112,10 @@ impl Client {
     pub async fn send(&self, conn: &mut Connection, id: &str, body: Bytes) -> Attempt {
         let now = SystemTime::now();
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let request = self.request(id, now, body);
+        let request = match self.request(id, now, body) {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
         let response =
             match tokio::time::timeout_at(deadline, conn.send(&self.endpoint, request)).await {
                 Ok(Ok(response)) => response,
@@ -168,7 +154,12 @@ impl Client {
     }
 
     /// The request: the fixed parts plus id, timestamp, signature and length.
-    fn request(&self, id: &str, now: SystemTime, body: Bytes) -> Request<Full<Bytes>> {
+    fn request(
+        &self,
+        id: &str,
+        now: SystemTime,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, HttpError> {
         let timestamp = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
@@ -178,25 +169,26 @@ impl Client {
         for (name, value) in &self.fixed {
             headers.insert(name.clone(), value.clone());
         }
+        // Base64, visible ASCII (header_safe) and digits: these conversions do not fail, but
+        // if one ever did, the request must not go out unsigned or without its id.
         if let Some(signer) = &self.signer {
             let signature = signer.sign(&id, &timestamp, &body);
-            if let Ok(v) = HeaderValue::try_from(signature) {
-                headers.insert(WEBHOOK_SIGNATURE.clone(), v);
-            }
+            let v = HeaderValue::try_from(signature)
+                .map_err(|_| HttpError::Request("the signature is not a valid header value"))?;
+            headers.insert(WEBHOOK_SIGNATURE.clone(), v);
         }
-        // header_safe made the id visible ASCII, so these conversions cannot fail.
-        if let Ok(v) = HeaderValue::try_from(id.into_owned()) {
-            headers.insert(WEBHOOK_ID.clone(), v);
-        }
-        if let Ok(v) = HeaderValue::try_from(timestamp) {
-            headers.insert(WEBHOOK_TIMESTAMP.clone(), v);
-        }
+        let v = HeaderValue::try_from(id.into_owned())
+            .map_err(|_| HttpError::Request("the event id is not a valid header value"))?;
+        headers.insert(WEBHOOK_ID.clone(), v);
+        let v = HeaderValue::try_from(timestamp)
+            .map_err(|_| HttpError::Request("the timestamp is not a valid header value"))?;
+        headers.insert(WEBHOOK_TIMESTAMP.clone(), v);
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = headers;
-        request
+        Ok(request)
     }
 }
 
@@ -220,7 +212,7 @@ fn wants_close(headers: &HeaderMap) -> bool {
 }
 
 /// `/path?query` of `url` (the fragment is never sent).
-fn origin_form(url: &reqwest::Url) -> String {
+fn origin_form(url: &url::Url) -> String {
     let mut out = url.path().to_owned();
     if let Some(query) = url.query() {
         out.push('?');
@@ -230,7 +222,7 @@ fn origin_form(url: &reqwest::Url) -> String {
 }
 
 /// `Basic base64(user:password)` from the URL's user info (percent-decoded), if any.
-fn basic_auth(url: &reqwest::Url) -> Option<String> {
+fn basic_auth(url: &url::Url) -> Option<String> {
     if url.username().is_empty() && url.password().is_none() {
         return None;
     }
@@ -296,10 +288,10 @@ mod tests {
 
     #[test]
     fn url_credentials_become_basic_auth() {
-        let url = reqwest::Url::parse("https://us%40r:p%3Ass@example.com/x").unwrap();
+        let url = url::Url::parse("https://us%40r:p%3Ass@example.com/x").unwrap();
         let want = base64::engine::general_purpose::STANDARD.encode("us@r:p:ss");
         assert_eq!(basic_auth(&url), Some(format!("Basic {want}")));
-        let plain = reqwest::Url::parse("https://example.com/x").unwrap();
+        let plain = url::Url::parse("https://example.com/x").unwrap();
         assert_eq!(basic_auth(&plain), None);
         assert_eq!(percent_decode("a%2"), b"a%2");
         assert_eq!(percent_decode("%zz%41"), b"%zzA");
@@ -307,36 +299,23 @@ mod tests {
 
     #[test]
     fn request_target_and_host_come_from_the_url() {
-        let url = reqwest::Url::parse("http://u:p@127.0.0.1:8080/a/b?x=1#frag").unwrap();
+        let url = url::Url::parse("http://u:p@127.0.0.1:8080/a/b?x=1#frag").unwrap();
         assert_eq!(origin_form(&url), "/a/b?x=1");
         let tls = super::super::connection::tls_config().unwrap();
-        let c = Client::new(
-            "t",
-            &url,
-            HttpMethod::Post,
-            &[],
-            None,
-            Duration::from_secs(1),
-            &tls,
-        )
-        .unwrap();
-        let req = c.request("evt_1", SystemTime::now(), Bytes::from_static(b"{}"));
+        let c = Client::new("t", &DeliverySpec::new(url), &tls).unwrap();
+        let req = c
+            .request("evt_1", SystemTime::now(), Bytes::from_static(b"{}"))
+            .unwrap();
         assert_eq!(req.uri(), "/a/b?x=1");
         assert_eq!(req.headers()[HOST], "127.0.0.1:8080");
         assert_eq!(req.headers()[CONTENT_LENGTH], "2");
         assert_eq!(req.headers()["webhook-id"], "evt_1");
         assert!(req.headers()[AUTHORIZATION].is_sensitive());
-        let default_port = reqwest::Url::parse("https://[::1]:443/").unwrap();
-        let c = Client::new(
-            "t",
-            &default_port,
-            HttpMethod::Post,
-            &[("Host".into(), "override".into())],
-            None,
-            Duration::from_secs(1),
-            &tls,
-        )
-        .unwrap();
+        let default_port = url::Url::parse("https://[::1]:443/").unwrap();
+        let mut spec = DeliverySpec::new(default_port);
+        spec.headers
+            .insert(HOST, HeaderValue::from_static("override"));
+        let c = Client::new("t", &spec, &tls).unwrap();
         assert_eq!(c.fixed[HOST], "override", "a configured header wins");
         assert_eq!(c.uri, "/");
     }

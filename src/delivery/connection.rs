@@ -57,6 +57,10 @@ pub enum HttpError {
     /// The exchange failed once connected (reset, closed early, malformed answer).
     #[error("HTTP exchange failed")]
     Http(#[from] hyper::Error),
+    /// The request could not be built (a header value that HTTP cannot carry). Nothing was
+    /// sent: a request is never sent unsigned or with a header left out.
+    #[error("cannot build the request: {0}")]
+    Request(&'static str),
 }
 
 /// Where a target's connections go: resolved once from its URL.
@@ -98,7 +102,7 @@ impl EndpointError {
 
 impl Endpoint {
     /// The endpoint of `url` (`http` or `https`); `tls` is used for `https` only.
-    pub fn new(url: &reqwest::Url, tls: &Arc<ClientConfig>) -> Result<Endpoint, EndpointError> {
+    pub fn new(url: &url::Url, tls: &Arc<ClientConfig>) -> Result<Endpoint, EndpointError> {
         let port = url.port_or_known_default().ok_or(EndpointError::NoHost)?;
         let host_str = url.host_str().filter(|h| !h.is_empty());
         let host_str = host_str.ok_or(EndpointError::NoHost)?;

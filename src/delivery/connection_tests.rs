@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use super::client::Client;
 use super::connection::{self, Connection, HttpError};
 use super::outcome::{Reason, Verdict};
-use super::{Dispatcher, Job, Target};
-use crate::config::{HttpMethod, On4xx, Ordering, RetrySettings};
+use super::{Ack, Dispatcher, Job};
+use crate::config::{DeliverySpec, RetrySettings, TableName, Trigger, TriggerId};
 
 /// A CA and a certificate for `localhost` / 127.0.0.1 it signed (valid until 2126); test only.
 const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\n\
@@ -165,8 +165,10 @@ fn client(url: &str, timeout: Duration) -> Client {
 }
 
 fn client_with(url: &str, timeout: Duration, tls: &Arc<rustls::ClientConfig>) -> Client {
-    let url = reqwest::Url::parse(url).unwrap();
-    Client::new("test", &url, HttpMethod::Post, &[], None, timeout, tls).unwrap()
+    let url = url::Url::parse(url).unwrap();
+    let mut spec = DeliverySpec::new(url);
+    spec.timeout = timeout;
+    Client::new("test", &spec, tls).unwrap()
 }
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -175,24 +177,24 @@ fn body() -> Bytes {
     Bytes::from_static(br#"{"a":1}"#)
 }
 
-fn target(url: &str, concurrency: usize) -> Target {
-    Target {
-        name: "test".into(),
-        url: reqwest::Url::parse(url).unwrap(),
-        method: HttpMethod::Post,
-        headers: vec![],
-        secret: None,
-        timeout: Duration::from_secs(5),
-        retry: RetrySettings {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(50),
-            ..RetrySettings::default()
-        },
-        concurrency,
-        ordering: Ordering::Row,
-        batch: 1,
-        on_4xx: On4xx::Retry,
-    }
+fn target(url: &str, concurrency: usize) -> Trigger {
+    let url = url::Url::parse(url).unwrap();
+    let mut t = Trigger::new(0, "test", TableName::new("public", "t"), url);
+    let d = &mut t.delivery;
+    d.timeout = Duration::from_secs(5);
+    d.retry = RetrySettings {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+        ..RetrySettings::default()
+    };
+    d.concurrency = std::num::NonZeroUsize::new(concurrency).unwrap();
+    t
+}
+
+const T0: TriggerId = TriggerId::FIRST;
+
+fn ack(i: u64) -> Ack {
+    Ack { session: 0, txn: i }
 }
 
 // ---------------------------------------------------------------- tests
@@ -220,15 +222,15 @@ async fn a_lane_keeps_one_connection_for_many_requests() {
         .unwrap();
     });
     let (tx, mut acks) = mpsc::unbounded_channel();
-    let d = Dispatcher::start(vec![target(&format!("http://{addr}/hook"), 2)], tx).unwrap();
+    let d = Dispatcher::start(&[target(&format!("http://{addr}/hook"), 2)], tx).unwrap();
     for i in 0..50 {
         let job = Job {
             id: format!("evt_{i}"),
             body: body(),
             order_key: i,
-            txn: i,
+            txn: ack(i),
         };
-        d.submit(0, job).await;
+        d.submit(T0, job).await;
     }
     for _ in 0..50 {
         tokio::time::timeout(5 * SECOND, acks.recv()).await.unwrap();

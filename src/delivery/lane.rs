@@ -33,7 +33,7 @@ pub(super) struct Shared {
     pub on_4xx: On4xx,
     /// Bytes that may sit queued for this target; `submit` waits for permits.
     pub budget: Semaphore,
-    pub acks: mpsc::UnboundedSender<u64>,
+    pub acks: mpsc::UnboundedSender<super::Ack>,
     /// The dispatcher's current epoch (see `Dispatcher::discard_queued`).
     pub epoch: Arc<AtomicU64>,
     pub metrics: TargetMetrics,
@@ -41,6 +41,8 @@ pub(super) struct Shared {
     pub gone: AtomicBool,
     pub resumed: Notify,
     pub warn_throttle: Throttle,
+    /// Closed while this instance may not own the slot any more (see [`crate::fence`]).
+    pub fence: Arc<crate::fence::Fence>,
 }
 
 /// Pre-registered metric handles of one target (looked up once, not per event).
@@ -103,6 +105,9 @@ impl Throttle {
         }
     }
 }
+
+/// How often a lane looks at a closed fence again.
+const FENCE_POLL: Duration = Duration::from_millis(50);
 
 /// The lane loop; returns when stopped or when its queue is closed and empty.
 pub(super) async fn run(
@@ -205,6 +210,10 @@ async fn deliver(
         }
         if shared.is_discarded(queued) {
             return Outcome::Discarded;
+        }
+        if !shared.fence.may_send() {
+            tokio::time::sleep(FENCE_POLL).await;
+            continue;
         }
         attempt = attempt.saturating_add(1);
         let started = Instant::now();

@@ -7,7 +7,7 @@
 //!
 //! - Order: a lane sends its jobs strictly in submit order and retries the head until it is
 //!   delivered, so jobs with the same `order_key` arrive in order while lanes run in parallel.
-//! - At-least-once: `acks` gets `job.txn` once per job, only after a 2xx for the request that
+//! - At-least-once: `acks` gets the job's [`Ack`] once per job, only after a 2xx for the request that
 //!   carried it. A failing target holds its jobs and retries forever (parking comes later).
 //! - Back-pressure: each lane queue holds at most `max(256, 4 × batch)` jobs and each target at
 //!   most [`TARGET_QUEUE_BYTES`] of bodies; `submit` waits while either is full.
@@ -48,7 +48,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{HttpMethod, On4xx, Ordering, RetrySettings};
+use crate::config::{Trigger, TriggerId};
 use lane::{Queued, Shared, TargetMetrics, Throttle};
 
 pub use sign::verify;
@@ -57,51 +57,6 @@ pub use sign::verify;
 pub const TARGET_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Bookkeeping charged per job on top of its body, so tiny jobs are bounded too.
 const JOB_OVERHEAD: usize = 128;
-
-/// One webhook destination with its delivery settings.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// Trigger name: the `trigger` label of metrics and logs.
-    pub name: String,
-    /// Where requests go (redirects are not followed).
-    pub url: reqwest::Url,
-    /// HTTP method.
-    pub method: HttpMethod,
-    /// Extra headers sent on every request (they replace defaults of the same name).
-    pub headers: Vec<(String, String)>,
-    /// Standard Webhooks secret, `whsec_<base64>`; requests are signed when set.
-    pub secret: Option<String>,
-    /// Per-request timeout.
-    pub timeout: Duration,
-    /// Retry schedule (`initial`, `max`; parking settings are not used yet).
-    pub retry: RetrySettings,
-    /// Number of lanes, i.e. requests in flight at once.
-    pub concurrency: usize,
-    /// How the caller derives `order_key` (kept for logs; lanes only see the key).
-    pub ordering: Ordering,
-    /// Most events per request; 1 sends each event as its own body.
-    pub batch: usize,
-    /// What a non-retryable 4xx does.
-    pub on_4xx: On4xx,
-}
-
-impl From<&crate::config::Trigger> for Target {
-    fn from(t: &crate::config::Trigger) -> Target {
-        Target {
-            name: t.name.clone(),
-            url: t.url.clone(),
-            method: t.method,
-            headers: t.headers.clone(),
-            secret: t.secret.clone(),
-            timeout: t.timeout,
-            retry: t.retry,
-            concurrency: t.concurrency,
-            ordering: t.ordering,
-            batch: t.batch,
-            on_4xx: t.on_4xx,
-        }
-    }
-}
 
 /// One event to deliver.
 #[derive(Debug, Clone)]
@@ -113,6 +68,17 @@ pub struct Job {
     /// Chooses the lane (`order_key % concurrency`): same key, same order.
     pub order_key: u64,
     /// Transaction the event came from; sent on `acks` once delivered.
+    pub txn: Ack,
+}
+
+/// What a delivered job reports back: which transaction of which replication session it
+/// belongs to. The session tells acks of an earlier session (whose progress is gone after a
+/// reconnect) from the current one's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Replication session number.
+    pub session: u64,
+    /// Transaction within the session.
     pub txn: u64,
 }
 
@@ -122,25 +88,9 @@ pub enum DeliveryError {
     /// `start` was called outside a tokio runtime.
     #[error("delivery must be started inside a tokio runtime")]
     NoRuntime,
-    /// The target's secret is not `whsec_` + base64.
-    #[error(
-        "trigger {target:?}: secret must be \"whsec_\" followed by base64 (as the Standard Webhooks libraries generate)"
-    )]
-    BadSecret {
-        /// Trigger name.
-        target: String,
-    },
-    /// A configured header has an invalid name or value.
-    #[error("trigger {target:?}: header {name:?} is not a valid HTTP header name/value")]
-    BadHeader {
-        /// Trigger name.
-        target: String,
-        /// Header name as configured.
-        name: String,
-    },
-    /// A numeric setting is out of range.
+    /// The URL cannot be used as a request target.
     #[error("trigger {target:?}: {what}")]
-    BadSetting {
+    BadUrl {
         /// Trigger name.
         target: String,
         /// What is wrong.
@@ -169,6 +119,8 @@ pub struct Dispatcher {
     tasks: JoinSet<()>,
     /// Bumped by [`Dispatcher::discard_queued`]; jobs submitted before are dropped.
     epoch: Arc<AtomicU64>,
+    /// Lanes send only while it is open.
+    fence: Arc<crate::fence::Fence>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -180,10 +132,11 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// Validates the targets and starts their lanes (must run inside a tokio runtime).
+    /// Starts the lanes of every trigger (must run inside a tokio runtime). Targets are
+    /// addressed by [`TriggerId`], i.e. by their place in `triggers`.
     pub fn start(
-        targets: Vec<Target>,
-        acks: mpsc::UnboundedSender<u64>,
+        triggers: &[Trigger],
+        acks: mpsc::UnboundedSender<Ack>,
     ) -> Result<Dispatcher, DeliveryError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(DeliveryError::NoRuntime);
@@ -191,34 +144,13 @@ impl Dispatcher {
         describe_metrics();
         let (stop, stop_rx) = watch::channel(false);
         let epoch = Arc::new(AtomicU64::new(0));
+        let fence = Arc::new(crate::fence::Fence::default());
         let mut tasks = JoinSet::new();
-        let mut handles = Vec::with_capacity(targets.len());
+        let mut handles = Vec::with_capacity(triggers.len());
         // One TLS configuration for every target: the roots are parsed once.
         let mut tls = None;
-        for t in targets {
-            let bad = |what| DeliveryError::BadSetting {
-                target: t.name.clone(),
-                what,
-            };
-            if t.concurrency == 0 {
-                return Err(bad("concurrency must be at least 1"));
-            }
-            if t.batch == 0 {
-                return Err(bad("batch must be at least 1"));
-            }
-            if !matches!(t.url.scheme(), "http" | "https") {
-                return Err(bad("url must be http:// or https://"));
-            }
-            if t.timeout.is_zero() {
-                return Err(bad("timeout must be more than zero"));
-            }
-            // A zero backoff would hammer a failing receiver in a tight loop.
-            if t.retry.initial.is_zero() {
-                return Err(bad("retry.initial must be more than zero"));
-            }
-            if t.retry.max < t.retry.initial {
-                return Err(bad("retry.max must be at least retry.initial"));
-            }
+        for t in triggers {
+            let spec = &t.delivery;
             let tls = match &tls {
                 Some(config) => Arc::clone(config),
                 None => {
@@ -230,32 +162,25 @@ impl Dispatcher {
                     tls.insert(config).clone()
                 }
             };
-            let client = client::Client::new(
-                &t.name,
-                &t.url,
-                t.method,
-                &t.headers,
-                t.secret.as_deref(),
-                t.timeout,
-                &tls,
-            )?;
+            let client = client::Client::new(&t.name, spec, &tls)?;
             let shared = Arc::new(Shared {
                 metrics: TargetMetrics::new(&t.name),
-                name: t.name,
+                name: t.name.clone(),
                 client,
-                retry: t.retry,
-                batch: t.batch,
-                on_4xx: t.on_4xx,
+                retry: spec.retry,
+                batch: spec.batch.get(),
+                on_4xx: spec.on_4xx,
                 budget: Semaphore::new(TARGET_QUEUE_BYTES),
                 acks: acks.clone(),
                 epoch: epoch.clone(),
                 gone: AtomicBool::new(false),
                 resumed: Notify::new(),
                 warn_throttle: Throttle::new(),
+                fence: fence.clone(),
             });
-            let capacity = (4 * t.batch).max(256);
-            let mut lanes = Vec::with_capacity(t.concurrency);
-            for _ in 0..t.concurrency {
+            let capacity = (4 * spec.batch.get()).max(256);
+            let mut lanes = Vec::with_capacity(spec.concurrency.get());
+            for _ in 0..spec.concurrency.get() {
                 let (tx, rx) = mpsc::channel(capacity);
                 tasks.spawn(lane::run(shared.clone(), rx, stop_rx.clone()));
                 lanes.push(tx);
@@ -271,15 +196,16 @@ impl Dispatcher {
             stop,
             tasks,
             epoch,
+            fence,
         })
     }
 
-    /// Queues a job for target `target` (its index in `start`'s list), waiting while the
-    /// target's queue is full. A job that cannot be queued (unknown target, dispatcher
-    /// stopping) is logged and never acked, so its WAL position is never confirmed.
-    pub async fn submit(&self, target: usize, job: Job) {
-        let Some(t) = self.targets.get(target) else {
-            tracing::error!(target_index = target, job = %job.id, "submit to an unknown target; the job will not be delivered or acked");
+    /// Queues a job for trigger `target`, waiting while the target's queue is full. A job
+    /// that cannot be queued (unknown target, dispatcher stopping) is logged and never
+    /// acked, so its WAL position is never confirmed.
+    pub async fn submit(&self, target: TriggerId, job: Job) {
+        let Some(t) = self.targets.get(target.index()) else {
+            tracing::error!(target_index = target.index(), job = %job.id, "submit to an unknown target; the job will not be delivered or acked");
             return;
         };
         // A body larger than the whole budget takes the whole budget: it still goes through.
@@ -304,6 +230,11 @@ impl Dispatcher {
             t.shared.metrics.depth.decrement(1.0);
             tracing::error!(trigger = %t.shared.name, job = %q.job.id, "lane has stopped; the job will not be delivered or acked");
         }
+    }
+
+    /// The fence every lane checks before each request; the run side opens and closes it.
+    pub fn fence(&self) -> Arc<crate::fence::Fence> {
+        self.fence.clone()
     }
 
     /// Drops every job submitted so far that is not on the wire, without acking it: after a

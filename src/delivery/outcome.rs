@@ -1,5 +1,7 @@
 //! What one HTTP attempt means for delivery: the single place where statuses and transport
-//! errors are classified as delivered, retryable, rejected or gone (DESIGN.md "HTTP").
+//! errors are classified as delivered, retryable, rejected or gone (the README's "Delivery"
+//! section is the contract: 2xx delivered; 3xx, 408, 429, 5xx and transport errors retried;
+//! 410 pauses the trigger).
 
 use super::connection::HttpError;
 
@@ -108,7 +110,7 @@ pub fn classify_error(err: &HttpError) -> Verdict {
         HttpError::Timeout(_) => Verdict::Retry(Reason::Timeout),
         // A certificate the receiver's operator must fix still heals on retry once fixed.
         HttpError::Connect { .. } | HttpError::Tls { .. } => Verdict::Retry(Reason::Connect),
-        HttpError::Http(_) => Verdict::Retry(Reason::Transport),
+        HttpError::Http(_) | HttpError::Request(_) => Verdict::Retry(Reason::Transport),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Standard Webhooks v1 signatures: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
 //!
-//! The key is the base64 part of a `whsec_…` secret (the prefix is optional, as in the
-//! reference libraries). The signature covers the exact bytes sent, so a receiver must verify
-//! the raw body before parsing it.
+//! The key is the base64 part of a `whsec_…` secret. [`Signer::new`] is the one parser of
+//! secrets: the config, delivery and `walhook listen` all go through it, so a secret is
+//! accepted everywhere or nowhere. The signature covers the exact bytes sent, so a receiver
+//! must verify the raw body before parsing it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -11,10 +12,29 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The secret could not be turned into a signing key.
-#[derive(Debug, thiserror::Error)]
-#[error("the secret is not a Standard Webhooks secret: expected \"whsec_\" followed by base64")]
-pub struct BadSecret;
+const SECRET_PREFIX: &str = "whsec_";
+
+/// Standard base64 with padding optional: secrets are pasted by hand, and some generators
+/// drop the `=`.
+const SECRET_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// Why a secret cannot be used; the message never contains the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadSecret {
+    /// No `whsec_` prefix.
+    #[error("must start with `whsec_` (Standard Webhooks secret format)")]
+    NoPrefix,
+    /// Nothing after the prefix.
+    #[error("the key after `whsec_` is empty")]
+    Empty,
+    /// The part after the prefix does not decode.
+    #[error("the part after `whsec_` is not valid base64")]
+    NotBase64,
+}
 
 /// A keyed signer; keying happens once, each signature clones the keyed state.
 #[derive(Clone)]
@@ -30,14 +50,19 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Decodes a `whsec_<base64>` secret (prefix optional) into a signer.
+    /// Decodes a `whsec_<base64>` secret into a signer.
     pub fn new(secret: &str) -> Result<Signer, BadSecret> {
-        let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-        let key = BASE64.decode(encoded.trim()).map_err(|_| BadSecret)?;
+        let encoded = secret
+            .strip_prefix(SECRET_PREFIX)
+            .ok_or(BadSecret::NoPrefix)?;
+        let key = SECRET_BASE64
+            .decode(encoded.trim())
+            .map_err(|_| BadSecret::NotBase64)?;
         if key.is_empty() {
-            return Err(BadSecret);
+            return Err(BadSecret::Empty);
         }
-        let mac = HmacSha256::new_from_slice(&key).map_err(|_| BadSecret)?;
+        // HMAC takes keys of any length; this cannot fail for a non-empty key.
+        let mac = HmacSha256::new_from_slice(&key).map_err(|_| BadSecret::Empty)?;
         Ok(Signer { mac })
     }
 
@@ -109,9 +134,13 @@ mod tests {
     }
 
     #[test]
-    fn prefix_is_optional() {
+    fn prefix_is_required_and_padding_optional() {
         let bare = SECRET.strip_prefix("whsec_").unwrap();
-        assert_eq!(Signer::new(bare).unwrap().sign(ID, TS, BODY), SIG);
+        assert_eq!(Signer::new(bare).unwrap_err(), BadSecret::NoPrefix);
+        // "ab" is YWI= in base64: with or without the padding it is the same key.
+        let a = Signer::new("whsec_YWI").unwrap().sign(ID, TS, BODY);
+        let b = Signer::new("whsec_YWI=").unwrap().sign(ID, TS, BODY);
+        assert_eq!(a, b);
     }
 
     #[test]
@@ -133,8 +162,11 @@ mod tests {
 
     #[test]
     fn a_bad_secret_is_an_error_and_never_verifies() {
-        assert!(Signer::new("whsec_not base64!").is_err());
-        assert!(Signer::new("whsec_").is_err());
+        assert_eq!(
+            Signer::new("whsec_not base64!").unwrap_err(),
+            BadSecret::NotBase64
+        );
+        assert_eq!(Signer::new("whsec_").unwrap_err(), BadSecret::Empty);
         assert!(!verify("whsec_not base64!", ID, TS, BODY, SIG));
     }
 

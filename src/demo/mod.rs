@@ -240,16 +240,21 @@ mod tests {
         let text = config_text("postgres://postgres@127.0.0.1:5999/demo", 8123, &secret);
         let c = config::parse(&text, Path::new("demo.toml"), &|_| None).unwrap();
         assert_eq!(c.triggers.len(), 2);
-        assert!(
-            c.triggers
-                .iter()
-                .all(|t| t.secret.as_deref() == Some(&*secret))
-        );
+        // Every trigger signs with the demo's secret.
+        let expected = crate::delivery::sign::Signer::new(&secret)
+            .unwrap()
+            .sign("id", "1", b"{}");
+        assert!(c.triggers.iter().all(|t| {
+            t.delivery
+                .signer
+                .as_ref()
+                .is_some_and(|s| s.sign("id", "1", b"{}") == expected)
+        }));
         assert_eq!(
-            c.triggers[0].url.as_str(),
+            c.triggers[0].delivery.url.as_str(),
             "http://127.0.0.1:8123/hooks/orders"
         );
-        assert_eq!(c.triggers[1].columns.as_ref().unwrap().len(), 3);
+        assert_eq!(c.triggers[1].route.columns.as_ref().unwrap().len(), 3);
         assert_eq!(c.server.listen, "127.0.0.1:8187".parse().ok());
     }
 }

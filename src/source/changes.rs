@@ -1,6 +1,7 @@
 //! pgoutput Insert/Update/Delete + the cached relation → a [`Change`] with JSON rows.
 //!
-//! What the old row looks like depends on REPLICA IDENTITY (../shared/PROTOCOL-NOTES.md):
+//! What the old row looks like depends on REPLICA IDENTITY (pgoutput's TupleData, as
+//! observed on Postgres 13–18):
 //! FULL sends the whole old row ('O'); DEFAULT/INDEX send the key ('K', nulls elsewhere)
 //! for deletes and for updates that changed the key, and nothing for other updates.
 //! Unchanged TOASTed values arrive as 'u' and are filled from a FULL old row when present.

@@ -117,8 +117,42 @@ pub enum ConnectError {
     #[error("protocol violation: {0}")]
     Protocol(String),
     /// An ordinary SQL connection (tokio-postgres) failed.
-    #[error("{0}")]
-    Sql(#[from] tokio_postgres::Error),
+    #[error("{}", describe_sql_error(.0))]
+    Sql(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for ConnectError {
+    fn from(e: tokio_postgres::Error) -> ConnectError {
+        ConnectError::Sql(e)
+    }
+}
+
+/// One line that names the cause of a tokio-postgres error: the server's message (with
+/// severity, SQLSTATE, detail and hint, as [`ConnectError::Server`] shows it) or the chain of
+/// causes down to the OS error. tokio-postgres's own `Display` says only "db error" or
+/// "error connecting to server" and leaves the cause to `source()`, which a single `{}` drops.
+pub fn describe_sql_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!(
+            "{} {}: {}{}{}",
+            db.severity(),
+            db.code().code(),
+            db.message(),
+            opt_part(". DETAIL: ", &db.detail().map(str::to_owned)),
+            opt_part(". HINT: ", &db.hint().map(str::to_owned))
+        );
+    }
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn opt_part(prefix: &str, value: &Option<String>) -> String {
@@ -753,7 +787,10 @@ impl ReplicationReader {
             };
             match frame.tag {
                 b'd' => return Ok(Some(frame.body)),
-                b'c' => {
+                // CopyDone; or CommandComplete without one: a walsender that shuts down
+                // (pg_ctl stop -m fast or smart) ends the stream that way once walhook has
+                // confirmed what it sent. Both are a clean end of the stream.
+                b'c' | b'C' => {
                     self.done = true;
                     return Ok(None);
                 }

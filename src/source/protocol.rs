@@ -5,7 +5,8 @@
 //! Subtle points:
 //! - XLogData's `data` is one pgoutput message, sliced out of the frame without copying.
 //! - A keepalive's `wal_end` is the server's current WAL end, not a transaction boundary: it
-//!   may be confirmed only while no transaction is in flight (see PROTOCOL-NOTES.md).
+//!   may be confirmed only while no transaction is in flight (a transaction sent before it
+//!   may still be undelivered; see `progress`).
 //! - `reply_requested` means "answer now or be timed out by `wal_sender_timeout`"; the reply
 //!   should carry the last *safe* flush position, never a position ahead of delivery.
 //! - Times are microseconds since 2000-01-01 UTC ([`crate::event::PG_EPOCH_OFFSET_MICROS`]).

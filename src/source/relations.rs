@@ -18,12 +18,22 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use crate::source::connection::ConnectError;
+use crate::source::conninfo::{self, ConnInfo};
 use crate::source::pgoutput;
 use crate::source::values::{Composite, PgType};
 
 /// OIDs below this are built in (`FirstNormalObjectId`) and immutable.
 const FIRST_NORMAL_OID: u32 = 16384;
+
+/// How long the catalog connection stays open unused. An idle session holds off a smart
+/// shutdown of Postgres (`pg_ctl stop -m smart` waits for every client session to end), so
+/// the connection is closed between bursts of Relation messages and opened again on demand.
+pub const CATALOG_IDLE: Duration = Duration::from_secs(2);
 
 /// Domains, arrays and composites nested deeper than this are refused.
 const MAX_TYPE_DEPTH: usize = 16;
@@ -39,20 +49,19 @@ const ATTRIBUTE_QUERY: &str = "SELECT a.attname::text, a.atttypid FROM pg_catalo
 /// A catalog look-up failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RelationError {
+    /// The catalog connection could not be opened again.
+    #[error("connecting for a catalog look-up failed: {0}")]
+    Connect(#[source] ConnectError),
     /// The query itself failed (see [`RelationError::is_transient`]).
-    #[error("reading type {oid} from the catalog failed: {source}")]
+    #[error("reading type {oid} from the catalog failed: {}", crate::source::connection::describe_sql_error(.error))]
     Catalog {
         /// The type being resolved.
         oid: u32,
         /// The driver's error.
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
     /// `pg_type` has no such OID.
-    #[error(
-        "type {oid} is not in pg_type; it was probably dropped after the change was written \
-         (recreate the type, or remove the table from the publication)"
-    )]
+    #[error("type {oid} is not in pg_type; it was probably dropped after the change was written")]
     UnknownType {
         /// The missing type.
         oid: u32,
@@ -91,10 +100,11 @@ impl RelationError {
     /// server is shutting down or short of resources.
     pub fn is_transient(&self) -> bool {
         match self {
-            RelationError::Catalog { source, .. } => {
+            RelationError::Catalog { error: source, .. } => {
                 crate::source::connection::sql_error_is_transient(source)
             }
             RelationError::Column { source, .. } => source.is_transient(),
+            RelationError::Connect(e) => e.is_transient(),
             RelationError::UnknownType { .. }
             | RelationError::TooDeep { .. }
             | RelationError::Unexpected { .. } => false,
@@ -121,19 +131,66 @@ pub struct CachedRelation {
 
 /// Relations by OID and types by OID, for one replication session.
 pub struct RelationCache {
-    client: tokio_postgres::Client,
+    client: Option<tokio_postgres::Client>,
+    /// Where to open the catalog connection again; `None`: keep `client` open.
+    conninfo: Option<ConnInfo>,
+    last_used: Instant,
     types: HashMap<u32, Arc<PgType>>,
     relations: HashMap<u32, CachedRelation>,
 }
 
 impl RelationCache {
-    /// A cache that reads the catalog over `client` (already connected).
+    /// A cache that reads the catalog over `client` (already connected) for as long as it
+    /// lives.
     pub fn new(client: tokio_postgres::Client) -> Self {
         RelationCache {
-            client,
+            client: Some(client),
+            conninfo: None,
+            last_used: Instant::now(),
             types: HashMap::new(),
             relations: HashMap::new(),
         }
+    }
+
+    /// A cache that closes `client` after [`CATALOG_IDLE`] unused and connects to
+    /// `conninfo` again when a look-up needs it.
+    pub fn reconnecting(client: tokio_postgres::Client, conninfo: ConnInfo) -> Self {
+        RelationCache {
+            conninfo: Some(conninfo),
+            ..RelationCache::new(client)
+        }
+    }
+
+    /// When the open catalog connection should be closed, if it may be.
+    pub fn idle_deadline(&self) -> Option<Instant> {
+        (self.client.is_some() && self.conninfo.is_some()).then(|| self.last_used + CATALOG_IDLE)
+    }
+
+    /// Closes the catalog connection if it has been idle for [`CATALOG_IDLE`].
+    pub fn close_if_idle(&mut self) {
+        if self
+            .idle_deadline()
+            .is_some_and(|deadline| deadline <= Instant::now())
+        {
+            tracing::debug!("closing the idle catalog connection");
+            self.client = None;
+        }
+    }
+
+    /// The catalog connection, opened again if it was closed.
+    async fn client(&mut self) -> Result<&tokio_postgres::Client, RelationError> {
+        self.last_used = Instant::now();
+        if self.client.is_none() {
+            if let Some(info) = &self.conninfo {
+                let client = conninfo::connect_sql(info)
+                    .await
+                    .map_err(RelationError::Connect)?;
+                self.client = Some(client);
+            }
+        }
+        self.client
+            .as_ref()
+            .ok_or(RelationError::Connect(ConnectError::Closed))
     }
 
     /// Records a Relation message, resolving every column type.
@@ -142,15 +199,31 @@ impl RelationCache {
         self.types.retain(|&oid, _| oid < FIRST_NORMAL_OID);
         let mut types = Vec::with_capacity(rel.columns.len());
         for column in &rel.columns {
-            let ty =
-                self.resolve_type(column.type_oid)
-                    .await
-                    .map_err(|e| RelationError::Column {
+            let ty = match self.resolve_type(column.type_oid).await {
+                Ok(ty) => ty,
+                // The change was written while the type existed; the catalog is read now.
+                // Its text is what pgoutput sent: deliver that rather than stop for good
+                // (recreating a type never brings its OID back).
+                Err(RelationError::UnknownType { oid }) => {
+                    tracing::warn!(
+                        table = %format!("{}.{}", rel.namespace, rel.name),
+                        column = %column.name,
+                        type_oid = oid,
+                        "the column's type no longer exists (dropped after the change was \
+                         written); its values are delivered as their text"
+                    );
+                    metrics::counter!("walhook_dropped_type_columns_total").increment(1);
+                    Arc::new(PgType::Text)
+                }
+                Err(e) => {
+                    return Err(RelationError::Column {
                         schema: rel.namespace.clone(),
                         table: rel.name.clone(),
                         column: column.name.clone(),
                         source: Box::new(e),
-                    })?;
+                    });
+                }
+            };
             types.push(ty);
         }
         let key_columns = if rel.replica_identity == pgoutput::ReplicaIdentity::Full {
@@ -172,9 +245,10 @@ impl RelationCache {
     }
 
     /// Positions of the primary key columns in the relation (empty without a primary key).
-    async fn primary_key(&self, rel: &pgoutput::Relation) -> Result<Vec<usize>, RelationError> {
+    async fn primary_key(&mut self, rel: &pgoutput::Relation) -> Result<Vec<usize>, RelationError> {
         let rows = self
-            .client
+            .client()
+            .await?
             .query(
                 "SELECT a.attname::text FROM pg_index i \
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
@@ -182,10 +256,7 @@ impl RelationCache {
                 &[&rel.id],
             )
             .await
-            .map_err(|source| RelationError::Catalog {
-                oid: rel.id,
-                source,
-            })?;
+            .map_err(|error| RelationError::Catalog { oid: rel.id, error })?;
         let names: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
         Ok((0..rel.columns.len())
             .filter(|&i| names.contains(&rel.columns[i].name))
@@ -195,11 +266,6 @@ impl RelationCache {
     /// The table last described under this relation OID.
     pub fn get(&self, id: u32) -> Option<&CachedRelation> {
         self.relations.get(&id)
-    }
-
-    /// The catalog connection.
-    pub fn client(&self) -> &tokio_postgres::Client {
-        &self.client
     }
 
     /// Resolves a type OID (cached; common built-ins without a query).
@@ -263,9 +329,10 @@ impl RelationCache {
         outer: u32,
         depth: usize,
     ) -> Result<Arc<PgType>, RelationError> {
-        let catalog = |source| RelationError::Catalog { oid, source };
+        let catalog = |error| RelationError::Catalog { oid, error };
         let row = self
-            .client
+            .client()
+            .await?
             .query_opt(TYPE_QUERY, &[&oid])
             .await
             .map_err(catalog)?
@@ -281,7 +348,8 @@ impl RelationCache {
             "d" => self.child(base, outer, depth).await,
             "c" => {
                 let rows = self
-                    .client
+                    .client()
+                    .await?
                     .query(ATTRIBUTE_QUERY, &[&relid])
                     .await
                     .map_err(catalog)?;

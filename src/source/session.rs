@@ -1,8 +1,9 @@
 //! Opening a replication session: the catalog connection, the slot, START_REPLICATION with
 //! the options this server version understands.
 
+use crate::config::TableName;
 use crate::lsn::Lsn;
-use crate::source::connection::ReplicationConnection;
+use crate::source::connection::{ConnectError, ReplicationConnection};
 use crate::source::conninfo::{self, ConnInfo};
 use crate::source::relations::RelationCache;
 use crate::source::setup::{self, quote_ident, quote_literal};
@@ -39,7 +40,7 @@ pub struct SessionOptions {
     pub publication: String,
     /// Make the publication publish exactly these tables (creating it if missing) rather
     /// than requiring that it exists.
-    pub publish: Option<Vec<(String, String)>>,
+    pub publish: Option<Vec<TableName>>,
 }
 
 /// The `START_REPLICATION` options for a server version (`server_version_num`).
@@ -60,6 +61,15 @@ pub fn pgoutput_options(publication: &str, server_version_num: u32) -> String {
 /// starts streaming. The catalog connection opened here stays with the stream.
 pub async fn open(opts: &SessionOptions) -> Result<ReplicationStream, SourceError> {
     let client = conninfo::connect_sql(&opts.conninfo).await?;
+    open_on(client, opts).await
+}
+
+/// [`open`] over a catalog connection the caller has already made (and may have used for
+/// its own checks).
+pub async fn open_on(
+    mut client: tokio_postgres::Client,
+    opts: &SessionOptions,
+) -> Result<ReplicationStream, SourceError> {
     setup::check_wal_level(&client).await?;
     setup::check_replication_role(&client).await?;
     // A standby must not touch the publication the active instance streams with (its
@@ -80,7 +90,11 @@ pub async fn open(opts: &SessionOptions) -> Result<ReplicationStream, SourceErro
         None => setup::check_publication(&client, &opts.publication).await?,
     }
     let mut repl = ReplicationConnection::connect(&opts.conninfo).await?;
-    let version = repl.server_version_num().unwrap_or(0);
+    // Which pgoutput options to send depends on it: guessing could fail START_REPLICATION
+    // (too new) or lose logical messages (too old).
+    let version = repl.server_version_num().ok_or_else(|| {
+        ConnectError::Protocol("the server did not report a readable server_version".into())
+    })?;
     let slot = quote_ident(opts.slot.name());
     let start = match &opts.slot {
         Slot::Temporary(_) => {
@@ -89,12 +103,18 @@ pub async fn open(opts: &SessionOptions) -> Result<ReplicationStream, SourceErro
                     "CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT"
                 ))
                 .await?;
-            rows.first()
-                .and_then(|r| r.get(1))
-                .and_then(|lsn| lsn.parse::<Lsn>().ok())
-                .unwrap_or_default()
+            let text = rows.first().and_then(|r| r.get(1)).unwrap_or_default();
+            text.parse::<Lsn>().map_err(|_| setup::SetupError::BadLsn {
+                what: "the temporary slot's position",
+                value: text.to_owned(),
+            })?
         }
-        Slot::Permanent(name) => setup::ensure_slot(&client, name).await?.confirmed_flush,
+        // Never a silent gap: a slot walhook streamed from before must still be there.
+        Slot::Permanent(name) => {
+            crate::store::slot::open(&mut client, name)
+                .await?
+                .confirmed_flush
+        }
         Slot::Existing(name) => {
             setup::slot_state(&client, name)
                 .await?
@@ -112,7 +132,7 @@ pub async fn open(opts: &SessionOptions) -> Result<ReplicationStream, SourceErro
     Ok(ReplicationStream::new(
         reader,
         writer,
-        RelationCache::new(client),
+        RelationCache::reconnecting(client, opts.conninfo.clone()),
         start,
     ))
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
+use crate::config::TableName;
 use crate::lsn::Lsn;
+use crate::source::connection::describe_sql_error;
 
 /// A precondition failed or a set-up statement was refused.
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +43,21 @@ pub enum SetupError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The server returned a value walhook cannot read.
+    #[error("the server returned {what} {value:?}, which is not a WAL position")]
+    BadLsn {
+        /// Which value.
+        what: &'static str,
+        /// What it was.
+        value: String,
+    },
     /// A query failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", describe_sql_error(.error))]
     Sql {
         /// What was being done.
         context: String,
         /// The database error.
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
 }
 
@@ -55,8 +65,8 @@ impl SetupError {
     /// Whether retrying may help (the connection dropped) rather than needing a fix.
     pub fn is_transient(&self) -> bool {
         match self {
-            SetupError::Sql { source, .. } => {
-                crate::source::connection::sql_error_is_transient(source)
+            SetupError::Sql { error, .. } => {
+                crate::source::connection::sql_error_is_transient(error)
             }
             _ => false,
         }
@@ -65,7 +75,7 @@ impl SetupError {
 
 fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SetupError {
     let context = context.into();
-    move |source| SetupError::Sql { context, source }
+    move |error| SetupError::Sql { context, error }
 }
 
 /// `"name"` with inner quotes doubled: a safe SQL identifier.
@@ -78,13 +88,20 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+fn parse_lsn(text: &str, what: &'static str) -> Result<Lsn, SetupError> {
+    text.parse().map_err(|_| SetupError::BadLsn {
+        what,
+        value: text.to_owned(),
+    })
+}
+
 /// Fails unless `wal_level = logical`.
 pub async fn check_wal_level(client: &Client) -> Result<(), SetupError> {
     let row = client
         .query_one("SELECT current_setting('wal_level')", &[])
         .await
         .map_err(sql("reading wal_level"))?;
-    let level: String = row.get(0);
+    let level: String = row.try_get(0).map_err(sql("reading wal_level"))?;
     if level == "logical" {
         Ok(())
     } else {
@@ -106,7 +123,8 @@ pub async fn check_replication_role(client: &Client) -> Result<(), SetupError> {
         )
         .await
         .map_err(sql("reading the role's attributes"))?;
-    let (user, ok): (String, bool) = (row.get(0), row.get(1));
+    let get = |e| sql("reading the role's attributes")(e);
+    let (user, ok): (String, bool) = (row.try_get(0).map_err(get)?, row.try_get(1).map_err(get)?);
     if ok {
         Ok(())
     } else {
@@ -132,22 +150,24 @@ pub async fn check_publication(client: &Client, publication: &str) -> Result<(),
 /// What the catalog says about a table a trigger names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableFacts {
-    /// Schema name.
-    pub schema: String,
-    /// Table name.
-    pub table: String,
+    /// The table as named.
+    pub table: TableName,
     /// `relkind`: 'r' table, 'p' partitioned table; `None` if no such table exists.
     pub kind: Option<char>,
     /// `relreplident`: 'd' default, 'n' nothing, 'f' full, 'i' index.
     pub identity: char,
     /// Whether it has a primary key.
     pub has_primary_key: bool,
+    /// Its columns, in order.
+    pub columns: Vec<String>,
+    /// Whether the current role owns it (or is a superuser): needed to publish it.
+    pub owned: bool,
 }
 
 impl TableFacts {
     /// `schema.table`.
     pub fn name(&self) -> String {
-        format!("{}.{}", self.schema, self.table)
+        self.table.to_string()
     }
 
     /// Why publishing this table's updates and deletes would make them fail in the
@@ -160,45 +180,55 @@ impl TableFacts {
         };
         Some(format!(
             "table {} {missing}: once published, Postgres rejects its UPDATEs and DELETEs; \
-             add a primary key or run ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+             add a primary key or run ALTER TABLE {} REPLICA IDENTITY FULL",
             self.name(),
-            quote_ident(&self.schema),
-            quote_ident(&self.table)
+            self.table.quoted()
         ))
     }
 }
 
-/// Looks up each table (schema, name), in order.
+/// Looks up each table, in order.
 pub async fn table_facts(
     client: &Client,
-    tables: &[(String, String)],
+    tables: &[TableName],
 ) -> Result<Vec<TableFacts>, SetupError> {
     let mut facts = Vec::with_capacity(tables.len());
-    for (schema, table) in tables {
+    for table in tables {
         let rows = client
             .query(
                 "SELECT c.relkind::text, c.relreplident::text, \
-                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+                        ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                              ORDER BY a.attnum), \
+                        pg_has_role(current_user, c.relowner, 'USAGE') \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[schema, table],
+                &[&table.schema, &table.name],
             )
             .await
             .map_err(sql("looking up tables"))?;
-        let first_char = |i: usize| -> Option<char> {
-            rows.first()
-                .and_then(|r| r.try_get::<_, String>(i).ok())
-                .and_then(|v| v.chars().next())
+        let Some(row) = rows.first() else {
+            facts.push(TableFacts {
+                table: table.clone(),
+                kind: None,
+                identity: 'd',
+                has_primary_key: false,
+                columns: Vec::new(),
+                owned: false,
+            });
+            continue;
         };
+        let get = |e| sql("reading the table catalog")(e);
+        let kind: String = row.try_get(0).map_err(get)?;
+        let identity: String = row.try_get(1).map_err(get)?;
         facts.push(TableFacts {
-            schema: schema.clone(),
             table: table.clone(),
-            kind: first_char(0),
-            identity: first_char(1).unwrap_or('d'),
-            has_primary_key: rows
-                .first()
-                .and_then(|r| r.try_get::<_, bool>(2).ok())
-                .unwrap_or(false),
+            kind: kind.chars().next(),
+            identity: identity.chars().next().unwrap_or('d'),
+            has_primary_key: row.try_get(2).map_err(get)?,
+            columns: row.try_get(3).map_err(get)?,
+            owned: row.try_get(4).map_err(get)?,
         });
     }
     Ok(facts)
@@ -219,7 +249,7 @@ pub enum PublicationChange {
 pub async fn sync_publication(
     client: &Client,
     publication: &str,
-    tables: &[(String, String)],
+    tables: &[TableName],
 ) -> Result<PublicationChange, SetupError> {
     let facts = table_facts(client, tables).await?;
     for t in &facts {
@@ -240,7 +270,7 @@ pub async fn sync_publication(
     };
     let list = tables
         .iter()
-        .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
+        .map(TableName::quoted)
         .collect::<Vec<_>>()
         .join(", ");
     let existing = client
@@ -260,8 +290,9 @@ pub async fn sync_publication(
             .map_err(sql(format!("creating publication {publication:?}")))?;
         return Ok(PublicationChange::Created);
     };
-    let all_tables = row.try_get::<_, bool>(0).unwrap_or(false);
-    let published_via_root = row.try_get::<_, bool>(1).unwrap_or(false);
+    let get = |e| sql("looking up the publication")(e);
+    let all_tables = row.try_get::<_, bool>(0).map_err(get)?;
+    let published_via_root = row.try_get::<_, bool>(1).map_err(get)?;
     let mut change = PublicationChange::Unchanged;
     if via_root && !published_via_root {
         client
@@ -276,17 +307,8 @@ pub async fn sync_publication(
     if all_tables {
         return Ok(change);
     }
-    let current: BTreeSet<(String, String)> = client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(sql("reading the publication's tables"))?
-        .iter()
-        .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
-        .collect();
-    let wanted: BTreeSet<(String, String)> = tables.iter().cloned().collect();
+    let current = publication_tables(client, publication).await?;
+    let wanted: BTreeSet<TableName> = tables.iter().cloned().collect();
     if current == wanted {
         return Ok(change);
     }
@@ -298,6 +320,29 @@ pub async fn sync_publication(
         .await
         .map_err(sql(format!("updating publication {publication:?}")))?;
     Ok(PublicationChange::Altered)
+}
+
+/// The tables a publication lists (empty when it does not exist).
+pub async fn publication_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<BTreeSet<TableName>, SetupError> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(sql("reading the publication's tables"))?;
+    let mut out = BTreeSet::new();
+    for r in &rows {
+        let get = |e| sql("reading the publication's tables")(e);
+        out.insert(TableName::new(
+            r.try_get::<_, String>(0).map_err(get)?,
+            r.try_get::<_, String>(1).map_err(get)?,
+        ));
+    }
+    Ok(out)
 }
 
 /// A slot as `pg_replication_slots` shows it.
@@ -313,6 +358,19 @@ pub struct SlotState {
     pub active_pid: Option<i32>,
     /// WAL bytes between the slot's restart point and the current WAL position.
     pub retained_bytes: Option<i64>,
+    /// `wal_status`: `reserved`, `extended`, `unreserved` (about to lose WAL it needs) or
+    /// `lost` (invalidated: it can no longer stream).
+    pub wal_status: Option<String>,
+    /// `safe_wal_size`: WAL that may still be written before the slot is at risk of being
+    /// invalidated (`None` when `max_slot_wal_keep_size` is unlimited).
+    pub safe_wal_bytes: Option<i64>,
+}
+
+impl SlotState {
+    /// Postgres invalidated the slot: it can no longer stream, and the WAL it needed is gone.
+    pub fn is_lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
 }
 
 /// The slot's state, or `None` if it does not exist.
@@ -320,7 +378,8 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     let rows = client
         .query(
             "SELECT plugin::text, database::text, confirmed_flush_lsn::text, active_pid, \
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, \
+                    wal_status::text, safe_wal_size::int8 \
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -329,14 +388,49 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     let Some(row) = rows.first() else {
         return Ok(None);
     };
-    let flush: Option<String> = row.get(2);
+    let get = |e| sql("reading the replication slot")(e);
+    let flush: Option<String> = row.try_get(2).map_err(get)?;
     Ok(Some(SlotState {
-        plugin: row.get::<_, Option<String>>(0).unwrap_or_default(),
-        database: row.get::<_, Option<String>>(1).unwrap_or_default(),
-        confirmed_flush: flush.and_then(|f| f.parse().ok()).unwrap_or_default(),
-        active_pid: row.get(3),
-        retained_bytes: row.get(4),
+        plugin: row
+            .try_get::<_, Option<String>>(0)
+            .map_err(get)?
+            .unwrap_or_default(),
+        database: row
+            .try_get::<_, Option<String>>(1)
+            .map_err(get)?
+            .unwrap_or_default(),
+        // A logical slot has a confirmed position once created; none means it is still
+        // being created, and 0/0 makes the server start at the slot's own position.
+        confirmed_flush: match flush {
+            Some(f) => parse_lsn(&f, "confirmed_flush_lsn")?,
+            None => Lsn::ZERO,
+        },
+        active_pid: row.try_get(3).map_err(get)?,
+        retained_bytes: row.try_get(4).map_err(get)?,
+        wal_status: row.try_get(5).map_err(get)?,
+        safe_wal_bytes: row.try_get(6).map_err(get)?,
     }))
+}
+
+/// `wal_sender_timeout` in milliseconds (0: disabled).
+pub async fn wal_sender_timeout_ms(client: &Client) -> Result<i64, SetupError> {
+    let row = client
+        .query_one(
+            "SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout'",
+            &[],
+        )
+        .await
+        .map_err(sql("reading wal_sender_timeout"))?;
+    row.try_get(0).map_err(sql("reading wal_sender_timeout"))
+}
+
+/// `max_slot_wal_keep_size` as Postgres shows it (`-1` is unlimited).
+pub async fn max_slot_wal_keep_size(client: &Client) -> Result<String, SetupError> {
+    let row = client
+        .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
+        .await
+        .map_err(sql("reading max_slot_wal_keep_size"))?;
+    Ok(row.get(0))
 }
 
 /// Makes sure a pgoutput slot named `slot` exists in this database; returns its state.
@@ -344,25 +438,12 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
 /// Creating a slot waits for every transaction open at that moment to finish, so a
 /// long-running transaction blocks start-up: say so while waiting.
 pub async fn ensure_slot(client: &Client, slot: &str) -> Result<SlotState, SetupError> {
-    let database: String = client
-        .query_one("SELECT current_database()::text", &[])
-        .await
-        .map_err(sql("reading the database name"))?
-        .get(0);
+    let database = current_database(client).await?;
     if let Some(state) = slot_state(client, slot).await? {
-        if state.plugin != "pgoutput" {
-            return Err(SetupError::SlotMismatch {
-                slot: slot.to_string(),
-                problem: format!("uses plugin {:?}, not pgoutput", state.plugin),
-            });
-        }
-        if state.database != database {
-            return Err(SetupError::SlotMismatch {
-                slot: slot.to_string(),
-                problem: format!("belongs to database {:?}, not {database:?}", state.database),
-            });
-        }
-        return Ok(state);
+        return match slot_mismatch(slot, &state, &database) {
+            Some(e) => Err(e),
+            None => Ok(state),
+        };
     }
     tracing::info!(slot, "creating replication slot");
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&slot];
@@ -386,13 +467,126 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<SlotState, Setup
             }
         }
     };
-    let lsn: String = row.get(0);
+    let lsn: String = row
+        .try_get(0)
+        .map_err(sql(format!("creating replication slot {slot:?}")))?;
     Ok(SlotState {
         plugin: "pgoutput".into(),
         database,
-        confirmed_flush: lsn.parse().unwrap_or_default(),
+        confirmed_flush: parse_lsn(&lsn, "the new slot's position")?,
         active_pid: None,
         retained_bytes: None,
+        wal_status: None,
+        safe_wal_bytes: None,
+    })
+}
+
+/// The name of the database `client` is connected to.
+pub async fn current_database(client: &Client) -> Result<String, SetupError> {
+    client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(sql("reading the database name"))?
+        .try_get(0)
+        .map_err(sql("reading the database name"))
+}
+
+/// Why an existing slot cannot be used by walhook in `database`, if it cannot.
+pub fn slot_mismatch(slot: &str, state: &SlotState, database: &str) -> Option<SetupError> {
+    let problem = if state.plugin != "pgoutput" {
+        format!(
+            "uses plugin {:?}, walhook needs pgoutput (pick another source.slot, or drop it)",
+            state.plugin
+        )
+    } else if state.database != database {
+        format!(
+            "belongs to database {:?}, not {database:?} (a logical slot decodes one database: \
+             pick another source.slot)",
+            state.database
+        )
+    } else {
+        return None;
+    };
+    Some(SetupError::SlotMismatch {
+        slot: slot.to_string(),
+        problem,
+    })
+}
+
+/// What the current role may do to the publication.
+#[derive(Debug, Clone)]
+pub struct PublicationAccess {
+    /// The current role.
+    pub role: String,
+    /// The current database.
+    pub database: String,
+    /// Superusers may do everything.
+    pub superuser: bool,
+    /// CREATE on the database (needed to create a publication).
+    pub may_create: bool,
+    /// The publication, when it exists.
+    pub existing: Option<ExistingPublication>,
+}
+
+/// A publication that exists.
+#[derive(Debug, Clone)]
+pub struct ExistingPublication {
+    /// FOR ALL TABLES.
+    pub all_tables: bool,
+    /// publish_via_partition_root.
+    pub via_root: bool,
+    /// Whether the current role owns it.
+    pub owned: bool,
+    /// The tables it lists.
+    pub tables: BTreeSet<TableName>,
+}
+
+/// Looks up the role's rights over the publication (and whether it exists).
+pub async fn publication_access(
+    client: &Client,
+    publication: &str,
+) -> Result<PublicationAccess, SetupError> {
+    let context = "reading the role's privileges";
+    let row = client
+        .query_one(
+            "SELECT current_user::text, current_database()::text, \
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
+                    has_database_privilege(current_database(), 'CREATE')",
+            &[],
+        )
+        .await
+        .map_err(sql(context))?;
+    let get = |e| sql(context)(e);
+    let role: String = row.try_get(0).map_err(get)?;
+    let database: String = row.try_get(1).map_err(get)?;
+    let superuser: Option<bool> = row.try_get(2).map_err(get)?;
+    let may_create: bool = row.try_get(3).map_err(get)?;
+    let rows = client
+        .query(
+            "SELECT puballtables, pubviaroot, pg_has_role(current_user, pubowner, 'USAGE') \
+             FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(sql("looking up the publication"))?;
+    let existing = match rows.first() {
+        None => None,
+        Some(r) => {
+            let get = |e| sql("looking up the publication")(e);
+            Some(ExistingPublication {
+                all_tables: r.try_get(0).map_err(get)?,
+                via_root: r.try_get(1).map_err(get)?,
+                owned: r.try_get(2).map_err(get)?,
+                tables: publication_tables(client, publication).await?,
+            })
+        }
+    };
+    Ok(PublicationAccess {
+        role,
+        database,
+        superuser: superuser.unwrap_or(false),
+        may_create,
+        existing,
     })
 }
 

@@ -68,6 +68,12 @@ pub enum SourceError {
     /// A catalog look-up failed.
     #[error(transparent)]
     Relation(#[from] RelationError),
+    /// The slot is gone, or its recorded state could not be read.
+    #[error(transparent)]
+    Slot(#[from] crate::store::slot::SlotError),
+    /// The preflight found something `run` must not start with.
+    #[error(transparent)]
+    Refused(#[from] crate::preflight::Refused),
     /// A row could not be converted. walhook stops rather than skip the change; restarting
     /// meets it again, so the message names where it is.
     #[error(
@@ -92,6 +98,12 @@ pub enum SourceError {
     /// not yet gone).
     #[error("the replication slot is in use by walsender pid {0}")]
     SlotActive(i32),
+    /// The process was paused too long to trust that it still owns the slot.
+    #[error(
+        "walhook was paused longer than half of wal_sender_timeout: its stream may have ended \
+         and a standby may own the slot, so it stopped sending and reconnects"
+    )]
+    Fenced,
     /// The server ended the replication stream.
     #[error("the server ended the replication stream")]
     Ended,
@@ -104,7 +116,8 @@ impl SourceError {
             SourceError::Connect(e) => e.is_transient(),
             SourceError::Relation(e) => e.is_transient(),
             SourceError::Setup(e) => e.is_transient(),
-            SourceError::Ended | SourceError::SlotActive(_) => true,
+            SourceError::Slot(e) => e.is_transient(),
+            SourceError::Ended | SourceError::SlotActive(_) | SourceError::Fenced => true,
             _ => false,
         }
     }
@@ -215,7 +228,18 @@ impl ReplicationStream {
     /// The next event. Cancel-safe only between events (it may be awaiting a catalog query).
     pub async fn next(&mut self) -> Result<SourceEvent, SourceError> {
         loop {
-            let Some(payload) = self.reader.recv().await? else {
+            let received = match self.relations.idle_deadline() {
+                // reader.recv is cancel-safe: nothing is lost when the timer wins.
+                Some(deadline) => tokio::select! {
+                    r = self.reader.recv() => r?,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        self.relations.close_if_idle();
+                        continue;
+                    }
+                },
+                None => self.reader.recv().await?,
+            };
+            let Some(payload) = received else {
                 return Err(SourceError::Ended);
             };
             match protocol::parse(payload)? {

@@ -2,5 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod daemon;
 pub mod pg;
 pub mod receiver;

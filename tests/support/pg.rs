@@ -341,13 +341,26 @@ impl Cluster {
 
     /// Stops the server cleanly (`pg_ctl stop -m fast`).
     pub fn stop(&mut self) {
+        self.stop_with("fast");
+    }
+
+    /// Stops the server with `pg_ctl stop -m <mode>` (smart, fast or immediate) and waits.
+    /// Panics (after stopping it immediately) if the server does not stop within 60 s.
+    pub fn stop_with(&mut self, mode: &str) {
         if let Some(mut child) = self.child.take() {
-            let _ = as_pg(&self.bin.join("pg_ctl"))
-                .args(["stop", "-m", "fast", "-w", "-D"])
+            let stopped = as_pg(&self.bin.join("pg_ctl"))
+                .args(["stop", "-m", mode, "-w", "-t", "60", "-D"])
                 .arg(&self.data)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status();
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !stopped {
+                self.child = Some(child);
+                self.kill();
+                panic!("pg_ctl stop -m {mode} did not stop the server within 60 s");
+            }
             let _ = child.wait();
         }
     }

@@ -1,0 +1,395 @@
+//! The one preflight: everything about the database that would make `walhook run` refuse to
+//! start, checked without changing anything. `walhook check` prints it, `run` and `setup`
+//! refuse on its errors with the same messages, so `check` says yes exactly when `run` starts.
+//!
+//! What is checked, in order:
+//!
+//! 1. `wal_level = logical`, and the role may open replication connections.
+//! 2. Every table a trigger names exists and has a replica identity Postgres can publish
+//!    (publishing a table without one makes Postgres reject the application's UPDATEs).
+//! 3. Every column named by `changed`, `columns` and `when` (`record.x`, `old_record.x`)
+//!    exists in its table: a misspelt column would make a trigger silently never fire, drop
+//!    a field, or make every `when` evaluation an error.
+//! 4. The slot, when it exists, is a pgoutput slot of this database.
+//! 5. The role may do what `run` will do to the publication: create it (CREATE on the
+//!    database and ownership of every table) or change its table list (ownership of the
+//!    publication and the tables). A publication an owner created with exactly the triggers'
+//!    tables needs neither.
+//!
+//! Warnings do not stop `run`: a trigger that reads old values of a table whose updates do
+//! not carry them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use crate::config::{self, Config, TableName, Trigger};
+use crate::source::setup::{self, SetupError, TableFacts};
+use crate::triggers::Router;
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// `walhook run` would refuse to start.
+    Error,
+    /// It would start, but something will not work as the config suggests.
+    Warning,
+    /// For information.
+    Ok,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// How serious.
+    pub severity: Severity,
+    /// What was found, as one sentence (with the fix, for errors).
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Ok => "ok",
+        };
+        write!(f, "{label}: {}", self.message)
+    }
+}
+
+/// Every finding, in the order checked.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// The findings.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Adds a finding.
+    pub fn push(&mut self, severity: Severity, message: impl Into<String>) {
+        self.findings.push(Finding {
+            severity,
+            message: message.into(),
+        });
+    }
+
+    /// Whether `walhook run` would start.
+    pub fn passed(&self) -> bool {
+        self.findings.iter().all(|f| f.severity != Severity::Error)
+    }
+
+    /// The messages of the errors: why `run` refuses.
+    pub fn errors(&self) -> Vec<String> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| f.message.clone())
+            .collect()
+    }
+}
+
+/// Why `run` or `setup` refuses to start: every preflight error, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct Refused(pub Vec<String>);
+
+/// Runs the preflight on `client`'s database. An `Err` is a query that failed (the
+/// connection dropped, say), not a finding.
+pub async fn database(
+    client: &Client,
+    config: &Config,
+    router: &Router,
+) -> Result<Report, SetupError> {
+    let mut report = Report::default();
+    for result in [
+        setup::check_wal_level(client).await,
+        setup::check_replication_role(client).await,
+    ] {
+        match result {
+            Ok(()) => {}
+            Err(e @ (SetupError::WalLevel(_) | SetupError::NoReplication(_))) => {
+                report.push(Severity::Error, e.to_string());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let tables = router.tables();
+    let facts = setup::table_facts(client, &tables).await?;
+    for t in &facts {
+        if t.kind.is_none() {
+            let named_by = triggers_of(&config.triggers, &t.table);
+            report.push(
+                Severity::Error,
+                format!("table {} does not exist (named by {named_by})", t.name()),
+            );
+        } else if let Some(problem) = t.identity_problem() {
+            report.push(Severity::Error, problem);
+        }
+    }
+    for trigger in &config.triggers {
+        let Some(t) = facts
+            .iter()
+            .find(|f| f.table == trigger.table && f.kind.is_some())
+        else {
+            continue;
+        };
+        columns(trigger, t, &mut report);
+        if router.needs_old_values(trigger.id) && t.identity != 'f' {
+            report.push(
+                Severity::Warning,
+                format!(
+                    "trigger {:?} reads old values (`changed` or old_record in `when`), but \
+                     {} has REPLICA IDENTITY {}: updates carry no old row, so `changed` \
+                     fires on every update and old_record is null \
+                     (fix: ALTER TABLE {} REPLICA IDENTITY FULL)",
+                    trigger.name,
+                    t.name(),
+                    identity_name(t.identity),
+                    t.table.quoted(),
+                ),
+            );
+        }
+    }
+    slot(client, &config.source.slot, &mut report).await?;
+    publication(client, &config.source.publication, &facts, &mut report).await?;
+    Ok(report)
+}
+
+/// `trigger "a"` or `triggers "a", "b"`.
+fn triggers_of(triggers: &[Trigger], table: &TableName) -> String {
+    let names: Vec<String> = triggers
+        .iter()
+        .filter(|t| &t.table == table)
+        .map(|t| format!("{:?}", t.name))
+        .collect();
+    match names.len() {
+        1 => format!("trigger {}", names[0]),
+        _ => format!("triggers {}", names.join(", ")),
+    }
+}
+
+/// Columns named by `changed`, `columns` and `when` that the table does not have.
+fn columns(trigger: &Trigger, table: &TableFacts, report: &mut Report) {
+    let route = &trigger.route;
+    let mut named: Vec<(&str, &str)> = Vec::new();
+    named.extend(route.changed.iter().map(|c| ("changed", c.as_str())));
+    named.extend(
+        route
+            .columns
+            .iter()
+            .flatten()
+            .map(|c| ("columns", c.as_str())),
+    );
+    if let Some(when) = &route.when {
+        named.extend(when.columns.iter().map(|c| (c.variable, c.column.as_str())));
+    }
+    for (key, column) in named {
+        if table.columns.iter().any(|c| c == column) {
+            continue;
+        }
+        let place = match key {
+            "record" | "old_record" => format!("when reads {key}.{column}"),
+            _ => format!("{key} names column {column:?}"),
+        };
+        let hint = config::closest(&table.columns, column)
+            .map(|near| format!(" (did you mean {near:?}?)"))
+            .unwrap_or_default();
+        report.push(
+            Severity::Error,
+            format!(
+                "trigger {:?}: {place}, but {} has no such column{hint}; its columns are {}",
+                trigger.name,
+                table.name(),
+                table.columns.join(", ")
+            ),
+        );
+    }
+}
+
+async fn slot(client: &Client, slot: &str, report: &mut Report) -> Result<(), SetupError> {
+    let database = setup::current_database(client).await?;
+    let state = setup::slot_state(client, slot).await?;
+    let recorded = match crate::status::recorded(client, slot).await {
+        Ok(r) => r,
+        Err(e) => {
+            report.push(Severity::Error, e.to_string());
+            None
+        }
+    };
+    if recorded.is_none() && !store_writable(client).await? {
+        report.push(
+            Severity::Warning,
+            "schema walhook does not exist and this role may not create it (CREATE on the \
+             database): run cannot record its slot, so a slot dropped under it would not be \
+             noticed; have the database owner run sql/walhook.sql and grant this role USAGE on \
+             schema walhook and SELECT, INSERT, UPDATE, DELETE on its tables",
+        );
+    }
+    let findings =
+        crate::status::slot_findings(slot, state.as_ref(), recorded.as_ref(), None, None);
+    let slot_ok = findings.is_empty();
+    for f in findings {
+        let severity = match f.level {
+            crate::status::Level::Error => Severity::Error,
+            crate::status::Level::Warning => Severity::Warning,
+        };
+        report.push(severity, f.message);
+    }
+    let keep = setup::max_slot_wal_keep_size(client).await?;
+    match state {
+        None if !slot_ok => {}
+        Some(state) if state.is_lost() => {}
+        None => report.push(
+            Severity::Ok,
+            format!("slot {slot:?} does not exist yet; run creates it"),
+        ),
+        Some(state) => match setup::slot_mismatch(slot, &state, &database) {
+            Some(e) => report.push(Severity::Error, e.to_string()),
+            None => report.push(
+                Severity::Ok,
+                format!(
+                    "slot {slot:?} confirmed up to {}, wal_status {}{} \
+                     (max_slot_wal_keep_size {keep}){}",
+                    state.confirmed_flush,
+                    state.wal_status.as_deref().unwrap_or("unknown"),
+                    state
+                        .retained_bytes
+                        .map(|b| format!(", retaining {b} bytes of WAL"))
+                        .unwrap_or_default(),
+                    state
+                        .active_pid
+                        .map(|p| format!(
+                            ", in use by pid {p} (this instance would wait as a standby)"
+                        ))
+                        .unwrap_or_default()
+                ),
+            ),
+        },
+    }
+    Ok(())
+}
+
+/// Whether `run` can keep its state: the walhook schema exists, or the role may create it.
+async fn store_writable(client: &Client) -> Result<bool, SetupError> {
+    let row = client
+        .query_one(
+            "SELECT to_regnamespace('walhook') IS NOT NULL \
+                    OR has_database_privilege(current_database(), 'CREATE')",
+            &[],
+        )
+        .await
+        .map_err(|e| SetupError::Sql {
+            context: "looking up schema walhook".into(),
+            error: e,
+        })?;
+    row.try_get(0).map_err(|e| SetupError::Sql {
+        context: "looking up schema walhook".into(),
+        error: e,
+    })
+}
+
+/// Whether the role may create or alter the publication as `run` will.
+async fn publication(
+    client: &Client,
+    publication: &str,
+    facts: &[TableFacts],
+    report: &mut Report,
+) -> Result<(), SetupError> {
+    let access = setup::publication_access(client, publication).await?;
+    let wanted: BTreeSet<TableName> = facts.iter().map(|t| t.table.clone()).collect();
+    let list = facts
+        .iter()
+        .map(|t| t.table.quoted())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let quoted = setup::quote_ident(publication);
+    let role = &access.role;
+    let not_owned: Vec<String> = facts
+        .iter()
+        .filter(|t| t.kind.is_some() && !t.owned)
+        .map(TableFacts::name)
+        .collect();
+    let Some(existing) = &access.existing else {
+        let mut missing = Vec::new();
+        if !access.superuser && !access.may_create {
+            missing.push(format!("CREATE on database {:?}", access.database));
+        }
+        if !access.superuser && !not_owned.is_empty() {
+            missing.push(format!("ownership of {}", not_owned.join(", ")));
+        }
+        if missing.is_empty() {
+            report.push(
+                Severity::Ok,
+                format!("publication {publication:?} does not exist yet; run creates it"),
+            );
+        } else {
+            report.push(
+                Severity::Error,
+                format!(
+                    "publication {publication:?} does not exist, and role {role:?} may not \
+                     create it (that needs {}); have the tables' owner run: \
+                     CREATE PUBLICATION {quoted} FOR TABLE {list}",
+                    missing.join(" and ")
+                ),
+            );
+        }
+        return Ok(());
+    };
+    let via_root = facts.iter().any(|t| t.kind == Some('p'));
+    let tables_differ = !existing.all_tables && existing.tables != wanted;
+    let needs_root = via_root && !existing.via_root;
+    if !tables_differ && !needs_root {
+        report.push(
+            Severity::Ok,
+            format!("publication {publication:?} publishes the triggers' tables"),
+        );
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if !access.superuser && !existing.owned {
+        missing.push(format!("ownership of publication {publication:?}"));
+    }
+    let added: Vec<String> = facts
+        .iter()
+        .filter(|t| t.kind.is_some() && !t.owned && !existing.tables.contains(&t.table))
+        .map(TableFacts::name)
+        .collect();
+    if !access.superuser && tables_differ && !added.is_empty() {
+        missing.push(format!("ownership of {}", added.join(", ")));
+    }
+    let fix = if needs_root && !tables_differ {
+        format!("ALTER PUBLICATION {quoted} SET (publish_via_partition_root = true)")
+    } else {
+        format!("ALTER PUBLICATION {quoted} SET TABLE {list}")
+    };
+    if missing.is_empty() {
+        report.push(
+            Severity::Ok,
+            format!(
+                "publication {publication:?} exists; run sets its tables to the triggers' tables"
+            ),
+        );
+    } else {
+        report.push(
+            Severity::Error,
+            format!(
+                "publication {publication:?} does not publish exactly the triggers' tables, and \
+                 role {role:?} may not change it (that needs {}); have its owner run: {fix}",
+                missing.join(" and ")
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn identity_name(identity: char) -> &'static str {
+    match identity {
+        'd' => "DEFAULT",
+        'n' => "NOTHING",
+        'i' => "USING INDEX",
+        'f' => "FULL",
+        _ => "unknown",
+    }
+}
