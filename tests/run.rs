@@ -557,7 +557,7 @@ fn crash_workload() -> String {
 }
 
 fn spawn_psql_file(pg: &Cluster, db: &str, file: &Path) -> Child {
-    Command::new(pg.bin.join("psql"))
+    Command::new(support::pg::client_tool(&pg.bin, "psql"))
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
         .args([
             "-h",

@@ -72,7 +72,7 @@ pub fn pg_bin() -> PathBuf {
 
 /// A client program: from the server's bin dir, else from an installed Postgres (the npm
 /// server-only builds of other majors ship no psql; clients work across majors).
-fn client_tool(bin: &Path, name: &str) -> PathBuf {
+pub fn client_tool(bin: &Path, name: &str) -> PathBuf {
     let own = bin.join(name);
     if own.exists() {
         return own;
