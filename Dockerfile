@@ -13,9 +13,10 @@ RUN mkdir -p src benches \
  && echo 'fn main() {}' > benches/pipeline.rs \
  && cargo build --release --locked --bin walhook \
  && rm -rf src
-# Then walhook itself. Copied files keep their old mtimes: touching the crate roots makes
-# cargo rebuild the crate rather than keep the stub.
+# Then walhook itself (sql/ holds the schema migrations it compiles in). Copied files keep
+# their old mtimes: touching the crate roots makes cargo rebuild the crate, not keep the stub.
 COPY src src
+COPY sql sql
 COPY benches benches
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin walhook \

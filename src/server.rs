@@ -164,6 +164,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Updates that fired a trigger with `changed` because the old row was unknown (REPLICA IDENTITY not FULL).",
     ),
     (
+        "walhook_dropped_type_columns_total",
+        MetricKind::Counter,
+        "Columns whose type was dropped after the change was written, delivered as their text.",
+    ),
+    (
         "walhook_received_lsn",
         MetricKind::Gauge,
         "The highest WAL position received from the slot, as a number.",

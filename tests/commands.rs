@@ -313,3 +313,64 @@ fn prepare_sql_gives_a_plain_role_what_walhook_needs() {
     );
     assert!(run.wait().unwrap().success());
 }
+
+/// Files under `dir` that the crate compiles in (`include_str!` / `include_bytes!`), as paths
+/// relative to the repository.
+fn compiled_in(root: &std::path::Path, dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            compiled_in(root, &path, found);
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for mac in ["include_str!(\"", "include_bytes!(\""] {
+            for (at, _) in text.match_indices(mac) {
+                let rel = text[at + mac.len()..].split('"').next().unwrap();
+                let file = path.parent().unwrap().join(rel);
+                let file = std::fs::canonicalize(&file).unwrap_or_else(|e| panic!("{file:?}: {e}"));
+                found.push(file.strip_prefix(root).unwrap().to_owned());
+            }
+        }
+    }
+}
+
+#[test]
+fn the_image_build_copies_everything_the_crate_compiles_in() {
+    let root = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    // `COPY <src> <dest>` of the build stage (not `COPY --from=…`).
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--"))
+        .flat_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            parts[..parts.len() - 1].to_vec()
+        })
+        .collect();
+    let mut needed = vec![std::path::PathBuf::from("src/main.rs")];
+    compiled_in(&root, &root.join("src"), &mut needed);
+    assert!(needed.len() > 1, "{needed:?}");
+    for file in &needed {
+        let top = file
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
+        assert!(
+            copied.contains(&top),
+            "the Dockerfile does not copy {top}/ (needed for {})",
+            file.display()
+        );
+        assert!(
+            !ignored.lines().any(|l| l.trim() == top),
+            ".dockerignore leaves out {top}/"
+        );
+    }
+}

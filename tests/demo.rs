@@ -196,6 +196,23 @@ fn demo_prints_verified_deliveries_and_leaves_nothing_behind_on_ctrl_c() {
     assert!(typed.len() >= 9, "{metrics}");
     assert_eq!(typed, helped, "every metric has # HELP:\n{metrics}");
 
+    // While it delivers, a summary line every 10 s says so.
+    let summary = wait_for("a summary line", Duration::from_secs(20), || {
+        stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("walhook::summary: last 10s: "))
+            .cloned()
+    });
+    let delivered: u64 = summary
+        .split("last 10s: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(delivered > 0, "{summary}");
+
     // Ctrl-C: exit 0 within seconds, nothing left.
     let pid = demo.0.id().to_string();
     assert!(
@@ -301,4 +318,52 @@ fn the_names_in_a_query_are_found() {
         names.into_iter().collect::<Vec<_>>(),
         ["walhook_deliveries_total", "walhook_delivery_seconds"]
     );
+}
+
+/// The metric names the code records (`counter!("walhook_…"`, `gauge!(…`, `histogram!(…`).
+fn recorded_metrics(dir: &Path, found: &mut BTreeSet<String>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            recorded_metrics(&path, found);
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for mac in ["counter!(", "gauge!(", "histogram!("] {
+            for (at, _) in text.match_indices(mac) {
+                let rest = text[at + mac.len()..].trim_start();
+                if let Some(name) = rest
+                    .strip_prefix('"')
+                    .and_then(|r| r.split('"').next())
+                    .filter(|n| n.starts_with("walhook_"))
+                {
+                    found.insert(name.to_owned());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_metric_the_code_records_has_help_text() {
+    let mut recorded = BTreeSet::new();
+    recorded_metrics(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut recorded,
+    );
+    assert!(recorded.len() >= 10, "{recorded:?}");
+    let described: BTreeSet<String> = walhook::server::METRICS
+        .iter()
+        .map(|m| m.0.to_owned())
+        .collect();
+    let missing: Vec<&String> = recorded.difference(&described).collect();
+    assert!(
+        missing.is_empty(),
+        "no entry in server::METRICS (# HELP): {missing:?}"
+    );
+    let stale: Vec<&String> = described.difference(&recorded).collect();
+    assert!(stale.is_empty(), "described but never recorded: {stale:?}");
 }

@@ -64,17 +64,13 @@ pub enum DemoError {
 pub async fn demo(stop: impl Future<Output = ()>) -> Result<(), DemoError> {
     let bin = cluster::find_bin(&|name| std::env::var(name).ok())?;
     tokio::pin!(stop);
-    eprintln!(
-        "walhook demo: starting a throwaway PostgreSQL from {} …",
-        bin.display()
-    );
     let parent = std::env::temp_dir();
     let cluster = tokio::select! {
         c = Cluster::start(&bin, &parent) => c?,
         // Dropping the half-made cluster removes it.
         () = &mut stop => return Ok(()),
     };
-    let result = with_cluster(&cluster, stop).await;
+    let result = with_cluster(&bin, &cluster, stop).await;
     let removed = cluster.stop().await;
     result?;
     removed?;
@@ -93,6 +89,7 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
 }
 
 async fn with_cluster(
+    bin: &Path,
     cluster: &Cluster,
     mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(), DemoError> {
@@ -112,10 +109,11 @@ async fn with_cluster(
     let secret = new_secret();
     let text = config_text(&cluster.url(DATABASE), receiver_port, &secret);
     let config = config::parse(&text, Path::new("walhook-demo.toml"), &|_| None)?;
+    let version = version.split(' ').next().unwrap_or(&version);
     eprintln!(
-        "walhook demo: PostgreSQL {version} on 127.0.0.1:{} (data in {}); try it yourself with\n  \
-         psql {}\n\n# The config this demo runs (save it as walhook.toml to start from it):\n{text}",
-        cluster.port(),
+        "walhook demo: a throwaway PostgreSQL {version} ({}) in {}; change rows yourself with\n  \
+         psql {}\n# The config this demo runs (save it as walhook.toml to start from it):\n{text}",
+        bin.display(),
         cluster.dir().display(),
         cluster.url(DATABASE),
     );
@@ -178,7 +176,7 @@ async fn writes_once_streaming(
     }
     eprintln!(
         "walhook demo: streaming; writing a few orders a second. Each delivery is one line below \
-         (\"verified\": true = signature checked). Ctrl-C stops.\n"
+         (\"verified\": true = signature checked). Ctrl-C stops."
     );
     writer::write(client).await?;
     Ok(())
@@ -200,24 +198,17 @@ fn config_text(database_url: &str, receiver_port: u16, secret: &str) -> String {
     format!(
         r#"[source]
 url = "{database_url}"   # yours: "${{DATABASE_URL}}"
-slot = "walhook"
-publication = "walhook"
 
 [server]
 listen = "127.0.0.1:8187"   # /healthz /readyz /metrics
 
-[defaults]
-retry = {{ initial = "500ms", max = "5s" }}
-
-# Every change of public.orders, signed.
-[[trigger]]
+[[trigger]]                 # every change of public.orders, signed
 name = "orders"
 table = "public.orders"
 url = "http://127.0.0.1:{receiver_port}/hooks/orders"
 secret = "{secret}"
 
-# Only the update that marks an order paid, with three of its columns.
-[[trigger]]
+[[trigger]]                 # only the update that marks an order paid, three columns
 name = "order-paid"
 table = "public.orders"
 events = ["update"]
