@@ -43,6 +43,56 @@ pub(super) struct Shared {
     pub warn_throttle: Throttle,
     /// Closed while this instance may not own the slot any more (see [`crate::fence`]).
     pub fence: Arc<crate::fence::Fence>,
+    /// Whether the target is failing: one log line when it starts, one when it recovers.
+    pub failing: Failing,
+}
+
+/// A target's failing episode: from the first failed attempt after a success (or the
+/// start) to the next 2xx, over all its lanes.
+#[derive(Default)]
+pub(super) struct Failing {
+    active: AtomicBool,
+    attempts: AtomicU64,
+    since: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Failing {
+    /// Counts a failed attempt; logs once when the episode starts.
+    fn failed(&self, target: &str, what: &dyn std::fmt::Display) {
+        self.attempts.fetch_add(1, AtomicOrdering::Relaxed);
+        if self.active.swap(true, AtomicOrdering::AcqRel) {
+            return;
+        }
+        if let Ok(mut since) = self.since.lock() {
+            *since = Some(Instant::now());
+        }
+        tracing::warn!(
+            trigger = %target,
+            "target is failing ({what}); retrying with backoff, and saying so when it recovers"
+        );
+    }
+
+    /// Ends the episode on a 2xx; logs how long it lasted and how many attempts failed.
+    fn delivered(&self, target: &str) {
+        if !self.active.swap(false, AtomicOrdering::AcqRel) {
+            return;
+        }
+        let attempts = self.attempts.swap(0, AtomicOrdering::AcqRel);
+        let lasted = self
+            .since
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .map(|t| t.elapsed());
+        tracing::info!(
+            trigger = %target,
+            failed_attempts = attempts,
+            "target recovered after {} and {attempts} failed attempt(s)",
+            lasted.map_or_else(|| "a while".to_owned(), |d| humantime::format_duration(
+                Duration::from_millis(d.as_millis() as u64)
+            ).to_string())
+        );
+    }
 }
 
 /// Pre-registered metric handles of one target (looked up once, not per event).
@@ -221,6 +271,14 @@ async fn deliver(
         shared.metrics.seconds.record(started.elapsed());
         shared.metrics.outcomes[result.verdict.index()].increment(events);
         crate::server::ACTIVITY.request(result.verdict == Verdict::Delivered, events);
+        match (result.verdict, result.status, &result.error) {
+            (Verdict::Delivered, _, _) => shared.failing.delivered(&shared.name),
+            (_, Some(status), _) => shared
+                .failing
+                .failed(&shared.name, &format!("HTTP {status}")),
+            (_, None, Some(e)) => shared.failing.failed(&shared.name, e),
+            (_, None, None) => shared.failing.failed(&shared.name, &"no answer"),
+        }
         let hint = match result.verdict {
             Verdict::Delivered => {
                 if shared.gone.swap(false, AtomicOrdering::AcqRel) {

@@ -177,6 +177,7 @@ impl Dispatcher {
                 resumed: Notify::new(),
                 warn_throttle: Throttle::new(),
                 fence: fence.clone(),
+                failing: lane::Failing::default(),
             });
             let capacity = (4 * spec.batch.get()).max(256);
             let mut lanes = Vec::with_capacity(spec.concurrency.get());
