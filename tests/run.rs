@@ -6,190 +6,17 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+use support::daemon::*;
 use support::pg::Cluster;
 use support::receiver::{Receiver, Request};
 use walhook::lsn::Lsn;
 
-const BIN: &str = env!("CARGO_BIN_EXE_walhook");
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const SLOT: &str = "walhook";
-
-/// Short timeouts and retries, for `[defaults]`.
-const FAST: &str = "timeout = \"5s\"\nretry = { initial = \"50ms\", max = \"500ms\" }";
-
-// ---------------------------------------------------------------- the daemon
-
-/// A running `walhook run`; killed on drop (its log is printed when a test fails).
-struct Walhook {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Walhook {
-    fn start(config: &Path) -> Walhook {
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("WALHOOK_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn walhook run");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Walhook { child, log }
-    }
-
-    /// Starts walhook and waits until it streams from the slot.
-    fn streaming(config: &Path) -> Walhook {
-        let w = Walhook::start(config);
-        w.wait_log("streaming slot=", 1, Duration::from_secs(30));
-        w
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Waits until `needle` has appeared in `count` log lines.
-    fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let n = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains(needle))
-                .count();
-            if n >= count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "walhook did not log {needle:?} ×{count} within {timeout:?}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// SIGKILL, and reap.
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.pid()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill {sig} failed");
-    }
-
-    /// Waits for the process to exit on its own.
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the stderr thread catch up.
-                std::thread::sleep(Duration::from_millis(50));
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "walhook did not exit within {timeout:?}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Walhook {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("---- walhook log (last lines) ----");
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-/// Runs a walhook subcommand to completion: (status, stdout, stderr).
-fn walhook(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("WALHOOK_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn walhook");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("walhook {args:?} did not finish within 30s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("output");
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Writes walhook.toml into `dir`.
-fn write_config(dir: &Path, url: &str, defaults: &str, triggers: &str) -> PathBuf {
-    let path = dir.join("walhook.toml");
-    let text = format!(
-        "[source]\nurl = \"{url}\"\nslot = \"{SLOT}\"\npublication = \"walhook\"\n\n\
-         [server]\nlisten = \"\"\n\n[defaults]\n{defaults}\n\n{triggers}\n"
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("walhook-run-")
-        .tempdir()
-        .expect("tempdir")
-}
-
 /// What most tests start from: database `app` made by a schema, a receiver, a directory.
 struct Scenario {
     pg: Cluster,
@@ -209,54 +36,6 @@ impl Scenario {
         let rx = Receiver::start();
         let dir = tempdir();
         Scenario { pg, db, rx, dir }
-    }
-}
-
-/// A `[[trigger]]` block: name, table and url, then `extra` lines as they are.
-fn trigger_toml(name: &str, table: &str, url: &str, extra: &[&str]) -> String {
-    let mut text =
-        format!("[[trigger]]\nname = \"{name}\"\ntable = \"{table}\"\nurl = \"{url}\"\n");
-    for line in extra {
-        text.push_str(line);
-        text.push('\n');
-    }
-    text
-}
-
-// ---------------------------------------------------------------- the slot
-
-fn lsn(text: &str) -> Lsn {
-    text.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("bad LSN {text:?}: {e}"))
-}
-
-/// The slot's confirmed_flush_lsn (None while the slot does not exist).
-fn slot_confirmed(pg: &Cluster, db: &str) -> Option<Lsn> {
-    let out = pg.psql(
-        db,
-        &format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{SLOT}'"),
-    );
-    (!out.trim().is_empty()).then(|| lsn(&out))
-}
-
-fn current_lsn(pg: &Cluster, db: &str) -> Lsn {
-    lsn(&pg.psql(db, "SELECT pg_current_wal_lsn()"))
-}
-
-/// Waits until the slot's confirmed position reaches `target`; returns it.
-fn wait_confirmed(pg: &Cluster, db: &str, target: Lsn, timeout: Duration) -> Lsn {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let c = slot_confirmed(pg, db);
-        if let Some(c) = c.filter(|c| *c >= target) {
-            return c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slot confirmed {c:?} did not reach {target} within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -694,14 +473,6 @@ fn sigkill_loses_nothing_and_redelivers_with_the_same_ids() {
 }
 
 // ================================================================ 3. target outage
-
-/// Ids of the rows in accepted requests.
-fn delivered_rows(reqs: &[Request]) -> HashSet<i64> {
-    reqs.iter()
-        .filter(|r| r.ok())
-        .filter_map(|r| r.json()["record"]["id"].as_i64())
-        .collect()
-}
 
 #[test]
 fn an_outage_holds_the_slot_back_and_loses_nothing() {

@@ -87,6 +87,12 @@ impl Walhook {
     }
 
     /// The process id.
+    /// SIGKILL, and reap.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn pid(&self) -> String {
         self.child.id().to_string()
     }
