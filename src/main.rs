@@ -91,6 +91,28 @@ enum Command {
         #[arg(long, value_name = "BYTES", default_value_t = walhook::status::DEFAULT_MAX_LAG)]
         max_lag: u64,
     },
+    /// Send dead events again: they become pending, due now, and the running walhook delivers
+    /// them (with --parked: make pending parked events due now). Prints how many.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this trigger's events.
+        #[arg(long)]
+        trigger: Option<String>,
+        /// Only the event with this id (repeatable).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<String>,
+        /// Only events parked at or after TIME: an RFC 3339 time (2026-12-07T10:00:00Z) or an
+        /// age (90m, 2h, 3d).
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        since: Option<std::time::SystemTime>,
+        /// Dead events (the default).
+        #[arg(long, conflicts_with = "parked")]
+        dead: bool,
+        /// Pending parked events: try them now instead of at their next retry time.
+        #[arg(long)]
+        parked: bool,
+    },
     /// Try walhook in one command: a throwaway Postgres, sample writes, and a receiver that
     /// prints every delivery (needs the PostgreSQL server programs; removes everything on Ctrl-C).
     Demo,
@@ -136,6 +158,21 @@ enum Command {
         #[arg(long)]
         endpos: Option<walhook::lsn::Lsn>,
     },
+}
+
+/// `--since`: an RFC 3339 time, or an age counted back from now.
+fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    match humantime::parse_duration(s) {
+        Ok(age) => std::time::SystemTime::now()
+            .checked_sub(age)
+            .ok_or_else(|| format!("{s:?} reaches back too far")),
+        Err(_) => Err(format!(
+            "{s:?} is neither a time (2026-12-07T10:00:00Z) nor an age (90m, 2h, 3d)"
+        )),
+    }
 }
 
 /// `--secret` must be a Standard Webhooks secret, parsed as the config parses it.
@@ -308,6 +345,38 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             if !report.healthy() {
                 return Err(Exit(1).into());
+            }
+        }
+        Command::Replay {
+            config: arg,
+            trigger,
+            ids,
+            since,
+            dead: _,
+            parked,
+        } => {
+            let config = load_config(&arg)?;
+            if let Some(t) = &trigger {
+                if !config.triggers.iter().any(|c| &c.name == t) {
+                    eprintln!("walhook: warning: the config names no trigger {t:?}");
+                }
+            }
+            let client = sql_client(&config).await?;
+            let filter = store::park::ReplayFilter {
+                trigger,
+                ids,
+                since,
+                pending: parked,
+            };
+            let what = if parked { "parked" } else { "dead" };
+            let replayed = store::park::replay(&client, &filter).await?;
+            if replayed.is_empty() {
+                println!("no {what} events matched");
+            }
+            for (trigger, n) in &replayed {
+                println!(
+                    "trigger {trigger:?}: {n} {what} event(s) are due now; the running walhook delivers them"
+                );
             }
         }
         Command::Demo => demo::demo(shutdown_signal()).await?,

@@ -223,7 +223,8 @@ async fn slot(client: &Client, slot: &str, report: &mut Report) -> Result<(), Se
             Severity::Warning,
             "schema walhook does not exist and this role may not create it (CREATE on the \
              database): run cannot record its slot, so a slot dropped under it would not be \
-             noticed; have the database owner run sql/walhook.sql and grant this role USAGE on \
+             noticed, and cannot park events, so a target that keeps failing holds the slot \
+             (the server keeps WAL until it answers); have the database owner run sql/walhook.sql and grant this role USAGE on \
              schema walhook and SELECT, INSERT, UPDATE, DELETE on its tables",
         );
     }

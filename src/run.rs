@@ -79,7 +79,8 @@ pub async fn run(
     let conninfo = ConnInfo::parse(&config.source.url)?;
     let router = Router::new(&config.triggers);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let dispatcher = Dispatcher::start(&config.triggers, ack_tx)?;
+    // Parked events live in the walhook schema of the source database.
+    let dispatcher = Dispatcher::start_parking(&config.triggers, ack_tx, &conninfo)?;
     let current = Arc::new(Mutex::new(Current {
         session: 0,
         progress: Progress::new(crate::lsn::Lsn::ZERO),
@@ -293,6 +294,11 @@ async fn stream_once(
         s = setup => s?,
         _ = &mut stop => return Ok(None),
     };
+    // Rows parked by an earlier process keep their keys' new events behind them.
+    ctx.dispatcher.load_parked().await?;
+    let db_down = ctx.dispatcher.database_shutting_down();
+    // A notice left over from before this session (the database has restarted since).
+    let _ = tokio::time::timeout(Duration::ZERO, db_down.notified()).await;
     // The new session sends again everything queued from an earlier one.
     ctx.dispatcher.discard_queued();
     ctx.dispatcher
@@ -310,6 +316,7 @@ async fn stream_once(
             e = stream.next() => e?,
             _ = &mut stop => return Ok(Some(stream)),
             () = ctx.fenced.notified() => return Err(SourceError::Fenced),
+            () = db_down.notified() => return Err(SourceError::DatabaseShuttingDown),
         };
         match event {
             SourceEvent::Begin { .. } => ctx.progress(|p| txn = p.begin()).await,
@@ -336,6 +343,7 @@ async fn stream_once(
                         // Not delivered, not confirmed: the next run sends it again.
                         _ = &mut stop => return Ok(Some(stream)),
                         () = ctx.fenced.notified() => return Err(SourceError::Fenced),
+                        () = db_down.notified() => return Err(SourceError::DatabaseShuttingDown),
                     }
                 }
             }

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::source::setup::{self, SetupError};
 use crate::store::StoreError;
+use crate::store::park::{self, Counts};
 use crate::store::slot::{self, SlotRecord};
 
 /// Default for `--max-lag`: a slot this far behind the server's WAL is reported unhealthy.
@@ -56,11 +57,18 @@ pub struct SlotReport {
     pub findings: Vec<Finding>,
 }
 
-/// One configured trigger (an entry of the `"triggers"` object of `--json`).
+/// One trigger (an entry of the `"triggers"` object of `--json`): each configured one, and
+/// any other that still has events in `walhook.parked`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TriggerReport {
-    /// The table it names, `schema.table`.
-    pub table: String,
+    /// The table it names, `schema.table` (null for a trigger no longer configured).
+    pub table: Option<String>,
+    /// Whether the config names it.
+    pub configured: bool,
+    /// Its events in `walhook.parked`: pending (`parked`) and `dead`, the oldest pending
+    /// one's age, the last error.
+    #[serde(flatten)]
+    pub park: Counts,
 }
 
 /// Everything `status` reports.
@@ -161,6 +169,16 @@ pub async fn recorded(client: &Client, slot_name: &str) -> Result<Option<SlotRec
     slot::load(client, slot_name).await
 }
 
+/// Whether `walhook.parked` exists (reads only).
+async fn parked_table_exists(client: &Client) -> Result<bool, StoreError> {
+    client
+        .query_one("SELECT to_regclass('walhook.parked') IS NOT NULL", &[])
+        .await
+        .map_err(crate::store::sql("looking up walhook.parked"))?
+        .try_get(0)
+        .map_err(crate::store::sql("looking up walhook.parked"))
+}
+
 impl StatusReport {
     /// Reads the slot's and the triggers' state; a slot more than `max_lag` bytes behind
     /// is unhealthy.
@@ -209,18 +227,57 @@ impl StatusReport {
                 message: format!("slot {name:?} does not exist (walhook run or setup creates it)"),
             });
         }
-        let triggers = config
+        let mut counts = if parked_table_exists(client).await? {
+            park::counts(client).await?
+        } else {
+            BTreeMap::new()
+        };
+        let mut triggers: BTreeMap<String, TriggerReport> = config
             .triggers
             .iter()
             .map(|t| {
                 (
                     t.name.clone(),
                     TriggerReport {
-                        table: t.table.to_string(),
+                        table: Some(t.table.to_string()),
+                        configured: true,
+                        park: counts.remove(&t.name).unwrap_or_default(),
                     },
                 )
             })
             .collect();
+        for (name, park) in counts {
+            triggers.insert(
+                name,
+                TriggerReport {
+                    table: None,
+                    configured: false,
+                    park,
+                },
+            );
+        }
+        for (name, t) in &triggers {
+            if t.park.dead > 0 {
+                slot.findings.push(Finding {
+                    level: Level::Warning,
+                    message: format!(
+                        "trigger {name:?} has {} dead event(s) in walhook.parked (no longer \
+                         retried; `walhook replay --trigger {name}` sends them again)",
+                        t.park.dead
+                    ),
+                });
+            }
+            if !t.configured && t.park.parked > 0 {
+                slot.findings.push(Finding {
+                    level: Level::Warning,
+                    message: format!(
+                        "walhook.parked holds {} pending event(s) of trigger {name:?}, which the \
+                         config no longer names: nothing delivers them",
+                        t.park.parked
+                    ),
+                });
+            }
+        }
         Ok(StatusReport { slot, triggers })
     }
 
@@ -265,7 +322,25 @@ impl StatusReport {
             );
         }
         for (name, t) in &self.triggers {
-            let _ = writeln!(out, "trigger {name:?} on {}", t.table);
+            let _ = write!(
+                out,
+                "trigger {name:?} on {}: {} parked, {} dead",
+                t.table.as_deref().unwrap_or("(not in the config)"),
+                t.park.parked,
+                t.park.dead
+            );
+            if let Some(age) = t.park.oldest_parked_seconds {
+                let age = std::time::Duration::from_secs(age.max(0.0) as u64);
+                let _ = write!(
+                    out,
+                    ", oldest parked {} ago",
+                    humantime::format_duration(age)
+                );
+            }
+            if let Some(e) = &t.park.last_error {
+                let _ = write!(out, ", last error: {e}");
+            }
+            let _ = writeln!(out);
         }
         for f in &self.slot.findings {
             let label = match f.level {

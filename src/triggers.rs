@@ -35,8 +35,6 @@
 //! lacks it, an unchanged TOASTed value) is left out rather than sent as null.
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 
@@ -277,20 +275,23 @@ impl Router {
         ctx
     }
 
-    /// Which lane of its target an event goes to: equal keys keep their order.
+    /// Which lane of its target an event goes to: equal keys keep their order. The value is
+    /// also the ordering key stored with parked events (`walhook.parked.order_key`), so it is
+    /// a hash fixed by this code, not std's `DefaultHasher` (which may change between Rust
+    /// releases and would then split a row's parked events from its live ones).
     fn order_key(&self, ordering: Ordering, change: &Change) -> u64 {
-        let mut h = DefaultHasher::new();
         match (ordering, &change.key) {
-            (Ordering::None, _) => {
-                return self.unordered.fetch_add(1, AtomicOrdering::Relaxed);
-            }
-            (Ordering::Row, Some(key)) => (&*change.schema, &*change.table, key).hash(&mut h),
+            (Ordering::None, _) => self.unordered.fetch_add(1, AtomicOrdering::Relaxed),
+            (Ordering::Row, Some(key)) => stable_hash(&[
+                change.schema.as_bytes(),
+                change.table.as_bytes(),
+                key.as_bytes(),
+            ]),
             // A table without a key has no row identity: keep the table's order.
             (Ordering::Row, None) | (Ordering::Table, _) => {
-                (&*change.schema, &*change.table).hash(&mut h)
+                stable_hash(&[change.schema.as_bytes(), change.table.as_bytes()])
             }
         }
-        h.finish()
     }
 
     fn routed(&self, index: TriggerId, t: &Compiled, change: &Change) -> Routed {
@@ -354,6 +355,22 @@ fn json_val(v: &serde_json::Value) -> Box<dyn Val + '_> {
         )),
         J::Object(map) => Box::new(map_val(map)),
     }
+}
+
+/// FNV-1a over the parts (each followed by a 0xff separator, which UTF-8 never contains),
+/// then the SplitMix64 finalizer so the low bits that pick a lane are well mixed. Stable
+/// across builds and platforms.
+fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in part.iter().chain(std::iter::once(&0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 #[cfg(test)]
@@ -645,5 +662,16 @@ mod tests {
         let routed = router.route(&insert("orders", r#"{"id":1,"amount":150.50}"#));
         let text = String::from_utf8(routed[0].body.clone()).unwrap();
         assert!(text.contains(r#""record":{"amount":150.50}"#), "{text}");
+    }
+
+    /// The ordering key is stored with parked events, so a new build must compute the
+    /// same value for the same row (or a row's new events could overtake its parked ones).
+    #[test]
+    fn ordering_keys_are_stable_across_builds() {
+        let key = stable_hash(&[b"public", b"orders", b"[42]"]);
+        assert_eq!(key, 15_434_694_105_093_258_166); // FNV-1a + SplitMix64, computed independently
+        assert_ne!(key, stable_hash(&[b"public", b"orders", b"[43]"]));
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        assert_ne!(stable_hash(&[b"ab", b"c"]), stable_hash(&[b"a", b"bc"]));
     }
 }

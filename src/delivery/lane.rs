@@ -1,6 +1,14 @@
 //! One lane: takes its jobs in submit order, one request at a time, and retries the head
-//! until it is delivered (or the dispatcher stops). Acks only after a 2xx.
+//! until it is delivered, parked or dead (or the dispatcher stops). Acks only after a 2xx
+//! or once the jobs are stored in `walhook.parked`.
+//!
+//! With a park store, a head that has failed for `retry.park_after` (or that fails while the
+//! whole target has been failing that long) is parked with every queued job of the same
+//! ordering keys, and later jobs of those keys are parked behind them until the unparker
+//! ([`super::park`]) has delivered them all; other keys keep flowing live. A head answered a
+//! final 4xx under `on_4xx = "dead"`, or failing past `give_up_after`, is stored dead.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
@@ -13,8 +21,10 @@ use super::batch;
 use super::client::{Attempt, Client};
 use super::connection::Connection;
 use super::outcome::Verdict;
+use super::park::{self, Parked, Stored};
 use super::retry::{self, Hint};
 use crate::config::{On4xx, RetrySettings};
+use crate::store::park::{Failure, ParkStore, State};
 
 /// A job in a lane's queue with the byte-budget permits it holds.
 pub(super) struct Queued {
@@ -27,6 +37,8 @@ pub(super) struct Queued {
 /// What the lanes of one target share.
 pub(super) struct Shared {
     pub name: String,
+    /// How many lanes the target has (its `concurrency`).
+    pub lanes: usize,
     pub client: Client,
     pub retry: RetrySettings,
     pub batch: usize,
@@ -45,6 +57,18 @@ pub(super) struct Shared {
     pub fence: Arc<crate::fence::Fence>,
     /// Whether the target is failing: one log line when it starts, one when it recovers.
     pub failing: Failing,
+    /// Where parked and dead events go; `None`: the target holds its events until delivered.
+    pub park: Option<Arc<ParkStore>>,
+    /// Set once `walhook.parked` is known to exist (shared by every target).
+    pub park_ready: Arc<AtomicBool>,
+    /// The ordering keys with pending parked events.
+    pub parked: Parked,
+    /// Wakes the target's unparker (events were parked).
+    pub unpark: Notify,
+    /// Told when the database refuses the park table because it is shutting down.
+    pub db_down: Arc<Notify>,
+    /// Counters of parked, unparked and dead events.
+    pub park_metrics: park::Metrics,
 }
 
 /// A target's failing episode: from the first failed attempt after a success (or the
@@ -54,11 +78,33 @@ pub(super) struct Failing {
     active: AtomicBool,
     attempts: AtomicU64,
     since: std::sync::Mutex<Option<Instant>>,
+    last_error: std::sync::Mutex<String>,
+    /// Set when the episode first parks events (for the one "parking" log line).
+    pub parking: AtomicBool,
 }
 
 impl Failing {
+    /// How long the target has been failing (no 2xx on any lane), if it is.
+    pub fn failing_for(&self) -> Option<Duration> {
+        if !self.active.load(AtomicOrdering::Acquire) {
+            return None;
+        }
+        self.since.lock().ok().and_then(|s| s.map(|t| t.elapsed()))
+    }
+
+    /// The last failed attempt's cause.
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
     /// Counts a failed attempt; logs once when the episode starts.
-    fn failed(&self, target: &str, what: &dyn std::fmt::Display) {
+    pub fn failed(&self, target: &str, what: &dyn std::fmt::Display) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = what.to_string();
+        }
         self.attempts.fetch_add(1, AtomicOrdering::Relaxed);
         if self.active.swap(true, AtomicOrdering::AcqRel) {
             return;
@@ -73,10 +119,11 @@ impl Failing {
     }
 
     /// Ends the episode on a 2xx; logs how long it lasted and how many attempts failed.
-    fn delivered(&self, target: &str) {
+    pub fn delivered(&self, target: &str) {
         if !self.active.swap(false, AtomicOrdering::AcqRel) {
             return;
         }
+        self.parking.store(false, AtomicOrdering::Release);
         let attempts = self.attempts.swap(0, AtomicOrdering::AcqRel);
         let lasted = self
             .since
@@ -134,7 +181,7 @@ impl Throttle {
     }
 
     /// `Some(lines suppressed since the last one)` if this line may be logged.
-    fn allow(&self) -> Option<u64> {
+    pub fn allow(&self) -> Option<u64> {
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let next = self.next_ms.load(AtomicOrdering::Relaxed);
         if now >= next
@@ -165,47 +212,145 @@ pub(super) async fn run(
     mut rx: mpsc::Receiver<Queued>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut queued = Vec::with_capacity(shared.batch);
+    // Jobs taken off the queue and not yet sent, parked or dropped, in submit order.
+    let mut pending: VecDeque<Queued> = VecDeque::new();
+    let mut buf = Vec::with_capacity(shared.batch);
+    // Parking takes what is queued in chunks this large, one insert each.
+    let take = shared.batch.max(park::CHUNK);
     // The lane's own keep-alive connection: one request at a time needs no pool.
     let mut conn = Connection::new();
     loop {
-        // recv_many takes whatever is ready (up to `batch`) without waiting for more.
-        let n = tokio::select! {
-            biased;
-            () = stopped(&mut stop) => return,
-            n = rx.recv_many(&mut queued, shared.batch) => n,
-            // recv_many is cancel safe: nothing is lost when the server closes meanwhile.
-            () = conn.closed() => continue,
-        };
-        if n == 0 {
-            return;
+        if pending.is_empty() {
+            // recv_many takes whatever is ready (up to `batch`) without waiting for more.
+            let n = tokio::select! {
+                biased;
+                () = stopped(&mut stop) => return,
+                n = rx.recv_many(&mut buf, shared.batch) => n,
+                // recv_many is cancel safe: nothing is lost when the server closes meanwhile.
+                () = conn.closed() => continue,
+            };
+            if n == 0 {
+                return;
+            }
+            pending.extend(buf.drain(..));
         }
-        shared.drop_discarded(&mut queued);
-        if queued.is_empty() {
+        shared.drop_discarded(&mut pending);
+        if pending.is_empty() {
             continue;
         }
-        // Every job left has the current epoch, so the batch is discarded as a whole or not.
-        let outcome = deliver(&shared, &mut conn, &queued, &mut stop).await;
-        // Gauge and budget first, once per request: whoever sees an ack sees them updated.
-        shared.release(&queued);
-        if outcome == Outcome::Delivered {
-            for q in &queued {
-                // A closed ack channel means the daemon is going down; nothing to tell.
-                let _ = shared.acks.send(q.job.txn);
+        // Jobs of parked keys (every job, while the whole target is parking) go to the table.
+        if shared.can_park() && (shared.parking_now() || !shared.parked.is_empty()) {
+            top_up(&mut rx, &mut pending, take);
+            let force = shared.parking_now();
+            let jobs = shared.parked.take(&mut pending, take, |_| force);
+            if !jobs.is_empty() {
+                let failure = Failure {
+                    attempts: 0,
+                    failing_for: Duration::ZERO,
+                    error: shared.failing.last_error(),
+                };
+                if park_and_ack(&shared, jobs, State::Pending, &failure, &mut stop).await {
+                    return;
+                }
+                continue;
             }
         }
-        queued.clear();
-        if outcome == Outcome::Stopped {
-            return; // the rest is abandoned, unacked
+        let n = pending.len().min(shared.batch);
+        let head: Vec<Queued> = pending.drain(..n).collect();
+        // Every job left has the current epoch, so the batch is discarded as a whole or not.
+        match deliver(&shared, &mut conn, &head, &mut stop).await {
+            Outcome::Delivered => {
+                // Gauge and budget first: whoever sees an ack sees them updated.
+                shared.release(&head);
+                for q in &head {
+                    // A closed ack channel means the daemon is going down; nothing to tell.
+                    let _ = shared.acks.send(q.job.txn);
+                }
+            }
+            Outcome::Park(failure) => {
+                // The head and every queued job of its keys, in order, in one transaction.
+                let keys: Vec<u64> = head.iter().map(|q| q.job.order_key).collect();
+                for q in head.into_iter().rev() {
+                    pending.push_front(q);
+                }
+                top_up(&mut rx, &mut pending, take);
+                let jobs = shared
+                    .parked
+                    .take(&mut pending, take, |key| keys.contains(&key));
+                shared.started_parking(&failure, jobs.len());
+                if park_and_ack(&shared, jobs, State::Pending, &failure, &mut stop).await {
+                    return;
+                }
+            }
+            Outcome::Dead(failure) => {
+                let jobs = head.into_iter().map(|q| (q, false)).collect();
+                if park_and_ack(&shared, jobs, State::Dead, &failure, &mut stop).await {
+                    return;
+                }
+            }
+            Outcome::Stopped => {
+                shared.release(&head);
+                return; // the rest is abandoned, unacked
+            }
+            Outcome::Discarded => shared.release(&head),
         }
     }
 }
 
+/// Moves what is already queued into `pending`, without waiting, up to `take` jobs in all.
+fn top_up(rx: &mut mpsc::Receiver<Queued>, pending: &mut VecDeque<Queued>, take: usize) {
+    while pending.len() < take {
+        match rx.try_recv() {
+            Ok(q) => pending.push_back(q),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Stores `jobs` (each with whether it holds a claim on its key) and acks them; returns
+/// whether the lane must stop. Jobs that could not be stored are never acked.
+async fn park_and_ack(
+    shared: &Shared,
+    jobs: Vec<(Queued, bool)>,
+    state: State,
+    failure: &Failure,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let stored = park::store(shared, &jobs, state, failure, stop).await;
+    let queued: Vec<Queued> = jobs
+        .into_iter()
+        .map(|(q, claimed)| {
+            if claimed && stored != Stored::Yes {
+                shared.parked.release(q.job.order_key);
+            }
+            q
+        })
+        .collect();
+    shared.release(&queued);
+    match stored {
+        Stored::Yes => {
+            for q in &queued {
+                let _ = shared.acks.send(q.job.txn);
+            }
+            if state == State::Pending {
+                shared.unpark.notify_one();
+            }
+            false
+        }
+        Stored::Discarded => false,
+        Stored::Stopped => true,
+    }
+}
+
 /// How one request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
     /// 2xx: ack its jobs.
     Delivered,
+    /// Failing too long: park its jobs and every later job of their keys.
+    Park(Failure),
+    /// Given up on: store its jobs as dead.
+    Dead(Failure),
     /// The dispatcher stops: abandon everything, unacked.
     Stopped,
     /// Its jobs were discarded (a new session sends them again): drop them, unacked.
@@ -214,19 +359,29 @@ enum Outcome {
 
 impl Shared {
     /// Whether any of these jobs was submitted before the last `discard_queued`.
-    fn is_discarded(&self, queued: &[Queued]) -> bool {
+    pub fn is_discarded<'a>(&self, mut jobs: impl Iterator<Item = &'a Queued>) -> bool {
         let current = self.epoch.load(AtomicOrdering::Acquire);
-        queued.iter().any(|q| q.epoch < current)
+        jobs.any(|q| q.epoch < current)
     }
 
     /// Removes (unacked) the jobs submitted before the last `discard_queued`.
-    fn drop_discarded(&self, queued: &mut Vec<Queued>) {
+    fn drop_discarded(&self, queued: &mut VecDeque<Queued>) {
         let current = self.epoch.load(AtomicOrdering::Acquire);
         if queued.iter().all(|q| q.epoch >= current) {
             return;
         }
-        let (old, keep): (Vec<Queued>, Vec<Queued>) =
-            queued.drain(..).partition(|q| q.epoch < current);
+        let mut old = Vec::new();
+        let keep: VecDeque<Queued> = queued
+            .drain(..)
+            .filter_map(|q| {
+                if q.epoch < current {
+                    old.push(q);
+                    None
+                } else {
+                    Some(q)
+                }
+            })
+            .collect();
         self.release(&old);
         *queued = keep;
     }
@@ -237,10 +392,60 @@ impl Shared {
         self.budget.add_permits(weight);
         self.metrics.depth.decrement(jobs.len() as f64);
     }
+
+    /// Whether failing events may be parked (a park store whose table exists).
+    pub fn can_park(&self) -> bool {
+        self.park.is_some() && self.park_ready.load(AtomicOrdering::Acquire)
+    }
+
+    /// Whether the whole target has failed for `park_after`: every job is parked at once.
+    fn parking_now(&self) -> bool {
+        self.can_park()
+            && self
+                .failing
+                .failing_for()
+                .is_some_and(|d| d >= self.retry.park_after)
+    }
+
+    /// Logs the first parking of a failing episode, and each key parked on its own.
+    fn started_parking(&self, failure: &Failure, jobs: usize) {
+        if !self.failing.parking.swap(true, AtomicOrdering::AcqRel) {
+            tracing::warn!(
+                trigger = %self.name,
+                failing_for = %humantime::format_duration(round_s(failure.failing_for)),
+                error = %failure.error,
+                "parking: events that keep failing go to walhook.parked so the slot moves on; \
+                 they are delivered from there, in order, once the target answers"
+            );
+        } else if self.warn_throttle.allow().is_some() {
+            tracing::info!(trigger = %self.name, events = jobs, "parking the events of more rows");
+        }
+    }
+
+    /// Counts one attempt of `events` events (metrics, activity, the failing episode).
+    pub fn record(&self, result: &Attempt, events: u64, took: Duration) {
+        self.metrics.seconds.record(took);
+        self.metrics.outcomes[result.verdict.index()].increment(events);
+        crate::server::ACTIVITY.request(result.verdict == Verdict::Delivered, events);
+        if result.verdict == Verdict::Delivered {
+            self.failing.delivered(&self.name);
+        } else {
+            self.failing.failed(&self.name, &describe(result));
+        }
+    }
 }
 
-/// Retries one request until a 2xx, until the dispatcher stops, or until its jobs are
-/// discarded.
+/// "HTTP 503", or the transport error with its causes.
+pub(super) fn describe(result: &Attempt) -> String {
+    match (result.status, &result.error) {
+        (Some(status), _) => format!("HTTP {status}"),
+        (None, Some(e)) => error_chain(e as &dyn std::error::Error),
+        (None, None) => "no answer".to_owned(),
+    }
+}
+
+/// Retries one request until a 2xx, until it is to be parked or is dead, until the
+/// dispatcher stops, or until its jobs are discarded.
 async fn deliver(
     shared: &Shared,
     conn: &mut Connection,
@@ -253,12 +458,13 @@ async fn deliver(
         return Outcome::Stopped;
     }
     let mut attempt: u32 = 0;
+    let mut first_failure: Option<Instant> = None;
     let mut told_no_dead_letter = false;
     loop {
         if is_stopped(stop) {
             return Outcome::Stopped;
         }
-        if shared.is_discarded(queued) {
+        if shared.is_discarded(queued.iter()) {
             return Outcome::Discarded;
         }
         if !shared.fence.may_send() {
@@ -268,17 +474,13 @@ async fn deliver(
         attempt = attempt.saturating_add(1);
         let started = Instant::now();
         let result = shared.client.send(conn, &id, body.clone()).await;
-        shared.metrics.seconds.record(started.elapsed());
-        shared.metrics.outcomes[result.verdict.index()].increment(events);
-        crate::server::ACTIVITY.request(result.verdict == Verdict::Delivered, events);
-        match (result.verdict, result.status, &result.error) {
-            (Verdict::Delivered, _, _) => shared.failing.delivered(&shared.name),
-            (_, Some(status), _) => shared
-                .failing
-                .failed(&shared.name, &format!("HTTP {status}")),
-            (_, None, Some(e)) => shared.failing.failed(&shared.name, e),
-            (_, None, None) => shared.failing.failed(&shared.name, &"no answer"),
-        }
+        shared.record(&result, events, started.elapsed());
+        let failing_for = first_failure.get_or_insert_with(Instant::now).elapsed();
+        let failure = || Failure {
+            attempts: attempt,
+            failing_for,
+            error: describe(&result),
+        };
         let hint = match result.verdict {
             Verdict::Delivered => {
                 if shared.gone.swap(false, AtomicOrdering::AcqRel) {
@@ -298,26 +500,44 @@ async fn deliver(
                 Hint::Gone
             }
             Verdict::Rejected => {
-                if shared.on_4xx == On4xx::Dead && !told_no_dead_letter {
-                    told_no_dead_letter = true;
-                    tracing::error!(
-                        trigger = %shared.name,
-                        webhook_id = %id,
-                        status = result.status,
-                        "on_4xx = \"dead\" but dead-lettering is not available yet; retrying instead"
-                    );
+                if shared.on_4xx == On4xx::Dead {
+                    if shared.can_park() {
+                        return Outcome::Dead(failure());
+                    }
+                    if !told_no_dead_letter {
+                        told_no_dead_letter = true;
+                        tracing::error!(
+                            trigger = %shared.name,
+                            webhook_id = %id,
+                            status = result.status,
+                            "on_4xx = \"dead\" needs the walhook schema, which this dispatcher has \
+                             no connection to; retrying instead"
+                        );
+                    }
                 }
                 result.retry_after.map_or(Hint::None, Hint::RetryAfter)
             }
             Verdict::Retry(_) => result.retry_after.map_or(Hint::None, Hint::RetryAfter),
         };
-        let wait = retry::delay(
+        let mut wait = retry::delay(
             shared.retry.initial,
             shared.retry.max,
             attempt,
             hint,
             fastrand::f64(),
         );
+        if shared.can_park() {
+            if failing_for >= shared.retry.give_up_after {
+                return Outcome::Dead(failure());
+            }
+            let target_failing = shared.failing.failing_for().unwrap_or_default();
+            let failing = failing_for.max(target_failing);
+            if failing >= shared.retry.park_after {
+                return Outcome::Park(failure());
+            }
+            // Do not sleep past the moment the head is to be parked.
+            wait = wait.min(shared.retry.park_after - failing);
+        }
         log_failure(shared, &id, attempt, &result, wait);
         tokio::select! {
             biased;
@@ -350,7 +570,7 @@ fn log_failure(shared: &Shared, id: &str, attempt: u32, result: &Attempt, wait: 
 
 /// "cannot connect to 127.0.0.1:9: Connection refused (os error 111)" rather than only the
 /// outermost message.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {
@@ -359,6 +579,10 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     out
+}
+
+fn round_s(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
 }
 
 fn round_ms(d: Duration) -> Duration {
@@ -377,16 +601,22 @@ async fn paused(shared: &Shared, stop: &mut watch::Receiver<bool>) -> bool {
         biased;
         () = stopped(stop) => false,
         () = resumed => true,
-        () = tokio::time::sleep(shared.retry.max) => true,
+        // With a park store, probe again by `park_after` so the paused target's events are
+        // parked rather than held.
+        () = tokio::time::sleep(if shared.can_park() {
+            shared.retry.max.min(shared.retry.park_after)
+        } else {
+            shared.retry.max
+        }) => true,
     }
 }
 
-fn is_stopped(stop: &watch::Receiver<bool>) -> bool {
+pub(super) fn is_stopped(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow() || stop.has_changed().is_err()
 }
 
 /// Resolves once the dispatcher stops (or is dropped).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     loop {
         if *stop.borrow_and_update() {
             return;

@@ -39,6 +39,7 @@ mod connection;
 #[cfg(test)]
 mod connection_tests;
 mod lane;
+mod park;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
@@ -49,6 +50,8 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Trigger, TriggerId};
+use crate::source::conninfo::ConnInfo;
+use crate::store::park::{ParkError, ParkStore};
 use lane::{Queued, Shared, TargetMetrics, Throttle};
 
 pub use sign::verify;
@@ -121,6 +124,14 @@ pub struct Dispatcher {
     epoch: Arc<AtomicU64>,
     /// Lanes send only while it is open.
     fence: Arc<crate::fence::Fence>,
+    /// Where lanes park (`None`: no parking; failing targets hold their events).
+    park: Option<Arc<ParkStore>>,
+    /// Told when the park table's database refuses walhook because it is shutting down.
+    db_down: Arc<Notify>,
+    /// Whether the parked keys were read from the table (once per process).
+    loaded: AtomicBool,
+    /// Whether `walhook.parked` exists, so lanes may park.
+    park_ready: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -134,14 +145,41 @@ impl std::fmt::Debug for Dispatcher {
 impl Dispatcher {
     /// Starts the lanes of every trigger (must run inside a tokio runtime). Targets are
     /// addressed by [`TriggerId`], i.e. by their place in `triggers`.
+    ///
+    /// Without a park store a failing target holds its events (and the slot) until it
+    /// answers; see [`Dispatcher::start_parking`].
     pub fn start(
         triggers: &[Trigger],
         acks: mpsc::UnboundedSender<Ack>,
+    ) -> Result<Dispatcher, DeliveryError> {
+        Self::start_with(triggers, acks, None)
+    }
+
+    /// Like [`Dispatcher::start`], parking what failing targets cannot take in
+    /// `walhook.parked` of the database `park` names (its schema must be migrated), and
+    /// delivering it from there. Call [`Dispatcher::load_parked`] before submitting.
+    pub fn start_parking(
+        triggers: &[Trigger],
+        acks: mpsc::UnboundedSender<Ack>,
+        park: &ConnInfo,
+    ) -> Result<Dispatcher, DeliveryError> {
+        Self::start_with(triggers, acks, Some(park))
+    }
+
+    fn start_with(
+        triggers: &[Trigger],
+        acks: mpsc::UnboundedSender<Ack>,
+        park: Option<&ConnInfo>,
     ) -> Result<Dispatcher, DeliveryError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(DeliveryError::NoRuntime);
         }
         describe_metrics();
+        park::describe_metrics();
+        let lane_store = park.map(|c| Arc::new(ParkStore::new(c.clone())));
+        let mut stores: Vec<Arc<ParkStore>> = lane_store.iter().cloned().collect();
+        let db_down = Arc::new(Notify::new());
+        let park_ready = Arc::new(AtomicBool::new(false));
         let (stop, stop_rx) = watch::channel(false);
         let epoch = Arc::new(AtomicU64::new(0));
         let fence = Arc::new(crate::fence::Fence::default());
@@ -178,7 +216,20 @@ impl Dispatcher {
                 warn_throttle: Throttle::new(),
                 fence: fence.clone(),
                 failing: lane::Failing::default(),
+                lanes: spec.concurrency.get(),
+                park: lane_store.clone(),
+                park_ready: park_ready.clone(),
+                parked: park::Parked::default(),
+                unpark: Notify::new(),
+                db_down: db_down.clone(),
+                park_metrics: park::Metrics::new(&t.name),
             });
+            if let Some(conninfo) = park {
+                // Its own connection: walking the table must not hold up the lanes' inserts.
+                let store = Arc::new(ParkStore::new(conninfo.clone()));
+                stores.push(store.clone());
+                tasks.spawn(park::unpark(shared.clone(), store, stop_rx.clone()));
+            }
             let capacity = (4 * spec.batch.get()).max(256);
             let mut lanes = Vec::with_capacity(spec.concurrency.get());
             for _ in 0..spec.concurrency.get() {
@@ -192,13 +243,69 @@ impl Dispatcher {
                 budget_bytes: TARGET_QUEUE_BYTES,
             });
         }
+        if let Some(conninfo) = park {
+            let store = Arc::new(ParkStore::new(conninfo.clone()));
+            stores.push(store.clone());
+            let shared = handles.iter().map(|h| h.shared.clone()).collect();
+            tasks.spawn(park::refresh(shared, store, stores, stop_rx.clone()));
+        }
         Ok(Dispatcher {
             targets: handles,
             stop,
             tasks,
             epoch,
             fence,
+            park: lane_store,
+            db_down,
+            loaded: AtomicBool::new(false),
+            park_ready,
         })
+    }
+
+    /// Reads which ordering keys have pending parked events, so their new events are parked
+    /// behind them. Needed once per process, before the first job is submitted; later calls
+    /// do nothing.
+    pub async fn load_parked(&self) -> Result<(), ParkError> {
+        let Some(store) = &self.park else {
+            return Ok(());
+        };
+        if self.loaded.load(AtomicOrdering::Acquire) {
+            return Ok(());
+        }
+        if !store.table_exists().await? {
+            tracing::warn!(
+                "walhook.parked does not exist and this role may not create it, so parking is \
+                 off: a target that keeps failing holds its events and the slot (the server \
+                 keeps WAL) until it answers; have the database owner run sql/walhook.sql and \
+                 grant this role USAGE on schema walhook and SELECT, INSERT, UPDATE, DELETE on \
+                 its tables"
+            );
+            self.loaded.store(true, AtomicOrdering::Release);
+            return Ok(());
+        }
+        for t in &self.targets {
+            let keys = store.pending_keys(&t.shared.name).await?;
+            if !keys.is_empty() {
+                let events: u64 = keys.values().sum();
+                tracing::info!(
+                    trigger = %t.shared.name,
+                    events,
+                    "walhook.parked holds pending events; their rows' new events queue behind them"
+                );
+                t.shared.unpark.notify_one();
+            }
+            t.shared.parked.load(keys);
+        }
+        self.park_ready.store(true, AtomicOrdering::Release);
+        self.loaded.store(true, AtomicOrdering::Release);
+        Ok(())
+    }
+
+    /// Notified when the database of the park table is shutting down (it terminated
+    /// walhook's session or refuses new ones): the replication session should end so the
+    /// shutdown is not held up by events that can be neither delivered nor parked.
+    pub fn database_shutting_down(&self) -> Arc<Notify> {
+        self.db_down.clone()
     }
 
     /// Queues a job for trigger `target`, waiting while the target's queue is full. A job

@@ -107,6 +107,19 @@ pub enum SourceError {
     /// The server ended the replication stream.
     #[error("the server ended the replication stream")]
     Ended,
+    /// The park table could not be read.
+    #[error(transparent)]
+    Park(#[from] crate::store::park::ParkError),
+    /// The database is shutting down: it ended walhook's park-table session or refuses new
+    /// ones. Events that can be neither delivered nor parked must not hold up its shutdown
+    /// (Postgres waits for the walsender until everything sent is confirmed), so the session
+    /// ends without confirming them; they are sent again after the restart.
+    #[error(
+        "the database is shutting down; ending the replication session so its shutdown is not \
+         held up by events that cannot be delivered or parked now (they are sent again after \
+         it restarts)"
+    )]
+    DatabaseShuttingDown,
 }
 
 impl SourceError {
@@ -117,7 +130,11 @@ impl SourceError {
             SourceError::Relation(e) => e.is_transient(),
             SourceError::Setup(e) => e.is_transient(),
             SourceError::Slot(e) => e.is_transient(),
-            SourceError::Ended | SourceError::SlotActive(_) | SourceError::Fenced => true,
+            SourceError::Park(e) => e.is_transient(),
+            SourceError::Ended
+            | SourceError::SlotActive(_)
+            | SourceError::Fenced
+            | SourceError::DatabaseShuttingDown => true,
             _ => false,
         }
     }

@@ -15,6 +15,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::source::connection::describe_sql_error;
 
+pub mod park;
 pub mod slot;
 
 /// One schema change, applied once.
@@ -29,11 +30,18 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Append only: an applied migration never changes.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "slot_state",
-    sql: include_str!("../../sql/migrations/0001_slot_state.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "slot_state",
+        sql: include_str!("../../sql/migrations/0001_slot_state.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "parked",
+        sql: include_str!("../../sql/migrations/0002_parked.sql"),
+    },
+];
 
 /// Creates the schema and the table that records applied migrations.
 const BOOTSTRAP: &str = "CREATE SCHEMA IF NOT EXISTS walhook;\n\

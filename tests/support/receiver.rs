@@ -55,6 +55,8 @@ impl Request {
 #[derive(Debug, Clone)]
 struct Behaviour {
     status: u16,
+    /// Requests whose body contains the bytes get the status instead.
+    rules: Vec<(Vec<u8>, u16)>,
     retry_after: Option<String>,
     delay: Duration,
     /// Delay drawn uniformly from `[0, delay]` instead of exactly `delay`.
@@ -82,6 +84,7 @@ impl Receiver {
         let inner = Arc::new(Inner {
             behaviour: Mutex::new(Behaviour {
                 status: 200,
+                rules: Vec::new(),
                 retry_after: None,
                 delay: Duration::ZERO,
                 jitter: false,
@@ -136,6 +139,17 @@ impl Receiver {
         let mut b = self.inner.behaviour.lock().unwrap();
         b.status = status;
         b.retry_after = None;
+    }
+
+    /// Answer later requests whose body contains `needle` with `status` (an empty needle
+    /// clears every such rule).
+    pub fn set_status_for(&self, needle: &str, status: u16) {
+        let mut b = self.inner.behaviour.lock().unwrap();
+        if needle.is_empty() {
+            b.rules.clear();
+        } else {
+            b.rules.push((needle.as_bytes().to_vec(), status));
+        }
     }
 
     /// Answer every later request with `status` and `Retry-After: {retry_after}`.
@@ -234,18 +248,23 @@ async fn handle(
             )
         })
         .collect();
+    let status = behaviour
+        .rules
+        .iter()
+        .find(|(needle, _)| body.windows(needle.len()).any(|w| w == needle.as_slice()))
+        .map_or(behaviour.status, |(_, s)| *s);
     // Logged before the answer leaves, so "confirmed ⇒ logged as delivered" is a sound check.
     inner.log.lock().unwrap().push(Request {
         method: method.to_string(),
         path: uri.path().to_owned(),
         headers: headers_map,
         body,
-        status: behaviour.status,
+        status,
         arrived,
         answered: Instant::now(),
     });
     inner.in_flight.fetch_sub(1, Ordering::SeqCst);
-    let status = StatusCode::from_u16(behaviour.status).unwrap_or(StatusCode::OK);
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     match behaviour.retry_after {
         Some(ra) => (status, [("retry-after", ra)]).into_response(),
         None => status.into_response(),
