@@ -139,6 +139,31 @@ pub enum MetricKind {
 /// Every metric walhook exports, with its help text (`# HELP` in /metrics).
 pub const METRICS: &[(&str, MetricKind, &str)] = &[
     (
+        "walhook_parked",
+        MetricKind::Gauge,
+        "Pending events in walhook.parked, by trigger (read from the table every few seconds).",
+    ),
+    (
+        "walhook_dead",
+        MetricKind::Gauge,
+        "Dead events in walhook.parked (no longer retried; walhook replay sends them again), by trigger.",
+    ),
+    (
+        "walhook_parked_total",
+        MetricKind::Counter,
+        "Events written to walhook.parked because their target kept failing past park_after, by trigger.",
+    ),
+    (
+        "walhook_unparked_total",
+        MetricKind::Counter,
+        "Parked events delivered from walhook.parked, by trigger.",
+    ),
+    (
+        "walhook_dead_total",
+        MetricKind::Counter,
+        "Events given up on (give_up_after passed, or a final 4xx with on_4xx = \"dead\"), by trigger.",
+    ),
+    (
         "walhook_deliveries_total",
         MetricKind::Counter,
         "Events per delivery attempt outcome (delivered, server_error, timeout, connect_error, rejected, gone, ...), by trigger.",

@@ -175,7 +175,6 @@ impl Dispatcher {
             return Err(DeliveryError::NoRuntime);
         }
         describe_metrics();
-        park::describe_metrics();
         let lane_store = park.map(|c| Arc::new(ParkStore::new(c.clone())));
         let mut stores: Vec<Arc<ParkStore>> = lane_store.iter().cloned().collect();
         let db_down = Arc::new(Notify::new());

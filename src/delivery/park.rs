@@ -136,29 +136,6 @@ impl Metrics {
     }
 }
 
-pub(super) fn describe_metrics() {
-    metrics::describe_counter!(
-        "walhook_parked_total",
-        "Events written to walhook.parked because their target kept failing, by trigger"
-    );
-    metrics::describe_counter!(
-        "walhook_unparked_total",
-        "Parked events delivered from walhook.parked, by trigger"
-    );
-    metrics::describe_counter!(
-        "walhook_dead_total",
-        "Events given up on (give_up_after, or a final 4xx with on_4xx = \"dead\"), by trigger"
-    );
-    metrics::describe_gauge!(
-        "walhook_parked",
-        "Pending events in walhook.parked, by trigger (read every few seconds)"
-    );
-    metrics::describe_gauge!(
-        "walhook_dead",
-        "Dead events in walhook.parked, by trigger (read every few seconds)"
-    );
-}
-
 /// How a [`store`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Stored {
