@@ -175,6 +175,15 @@ impl Dispatcher {
             return Err(DeliveryError::NoRuntime);
         }
         describe_metrics();
+        // Park sessions name themselves, so an operator (or a test) can tell them from the
+        // catalog connection in pg_stat_activity.
+        let park = park.map(|c| {
+            let mut c = c.clone();
+            let base = c.application_name.as_deref().unwrap_or("walhook");
+            c.application_name = Some(format!("{base} park"));
+            c
+        });
+        let park = park.as_ref();
         let lane_store = park.map(|c| Arc::new(ParkStore::new(c.clone())));
         let mut stores: Vec<Arc<ParkStore>> = lane_store.iter().cloned().collect();
         let db_down = Arc::new(Notify::new());
