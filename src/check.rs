@@ -41,18 +41,6 @@ pub async fn check(path: &Path) -> Outcome {
             router.tables().len()
         ),
     );
-    for t in &config.triggers {
-        if t.delivery.on_4xx == config::On4xx::Dead {
-            report.push(
-                Severity::Warning,
-                format!(
-                    "trigger {:?}: on_4xx = \"dead\" is accepted but dead-lettering is not built \
-                     yet; 4xx answers are retried like 5xx",
-                    t.name
-                ),
-            );
-        }
-    }
     let conninfo = match ConnInfo::parse(&config.source.url) {
         Ok(c) => c,
         Err(e) => {
@@ -75,5 +63,57 @@ pub async fn check(path: &Path) -> Outcome {
         Ok(db) => report.findings.extend(db.findings),
         Err(e) => report.push(Severity::Error, e.to_string()),
     }
+    if let Some(park) = &config.park {
+        park_database(&park.url, report).await;
+    }
     out
+}
+
+/// `[park] url`: reachable, and its walhook schema present or creatable.
+async fn park_database(url: &str, report: &mut Report) {
+    let conninfo = match ConnInfo::parse(url) {
+        Ok(c) => c,
+        Err(e) => return report.push(Severity::Error, format!("park.url: {e}")),
+    };
+    let client = match conninfo::connect_sql(&conninfo).await {
+        Ok(c) => c,
+        Err(e) => {
+            return report.push(
+                Severity::Error,
+                format!("cannot connect to the park database {conninfo}: {e}"),
+            );
+        }
+    };
+    let found = client
+        .query_one(
+            "SELECT to_regclass('walhook.parked') IS NOT NULL, \
+                    has_database_privilege(current_database(), 'CREATE')",
+            &[],
+        )
+        .await;
+    match found.map(|row| (row.get::<_, bool>(0), row.get::<_, bool>(1))) {
+        Ok((true, _)) => report.push(
+            Severity::Ok,
+            format!("parked events go to walhook.parked in {conninfo}"),
+        ),
+        Ok((false, true)) => report.push(
+            Severity::Ok,
+            format!("park database {conninfo}: run creates the walhook schema there"),
+        ),
+        Ok((false, false)) => report.push(
+            Severity::Warning,
+            format!(
+                "park database {conninfo}: walhook.parked does not exist and this role may not \
+                 create it, so parking is off (a failing target holds the slot); run \
+                 sql/walhook.sql there as its owner"
+            ),
+        ),
+        Err(e) => report.push(
+            Severity::Error,
+            format!(
+                "park database {conninfo}: {}",
+                crate::source::connection::describe_sql_error(&e)
+            ),
+        ),
+    }
 }

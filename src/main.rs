@@ -251,6 +251,16 @@ async fn sql_client(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
     Ok(conninfo::connect_sql(&info).await?)
 }
 
+/// A connection to `[park] url`, when the config names a database of its own for parked
+/// events (`None`: they are in the source database).
+async fn park_client(config: &Config) -> anyhow::Result<Option<tokio_postgres::Client>> {
+    let Some(park) = &config.park else {
+        return Ok(None);
+    };
+    let info = ConnInfo::parse(&park.url).map_err(|e| anyhow::anyhow!("park.url: {e}"))?;
+    Ok(Some(conninfo::connect_sql(&info).await?))
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     if !cli.quiet && matches!(cli.command, Command::Run(_) | Command::Demo) {
         tokio::spawn(summary::report(summary::INTERVAL));
@@ -337,7 +347,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = load_config(&arg)?;
             let client = sql_client(&config).await?;
-            let report = walhook::status::StatusReport::gather(&client, &config, max_lag).await?;
+            let park = park_client(&config).await?;
+            let report = walhook::status::StatusReport::gather(
+                &client,
+                park.as_ref().unwrap_or(&client),
+                &config,
+                max_lag,
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -361,7 +378,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     eprintln!("walhook: warning: the config names no trigger {t:?}");
                 }
             }
-            let client = sql_client(&config).await?;
+            let source = match park_client(&config).await? {
+                Some(park) => park,
+                None => sql_client(&config).await?,
+            };
+            let client = &source;
             let filter = store::park::ReplayFilter {
                 trigger,
                 ids,
@@ -369,7 +390,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 pending: parked,
             };
             let what = if parked { "parked" } else { "dead" };
-            let replayed = store::park::replay(&client, &filter).await?;
+            let replayed = store::park::replay(client, &filter).await?;
             if replayed.is_empty() {
                 println!("no {what} events matched");
             }

@@ -44,6 +44,9 @@ pub enum RunError {
     /// `source.url` is not a valid connection string.
     #[error("source.url: {0}")]
     ConnInfo(#[from] ConnInfoError),
+    /// `park.url` is not a valid connection string.
+    #[error("park.url: {0}")]
+    ParkConnInfo(ConnInfoError),
     /// Delivery could not start.
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
@@ -79,8 +82,12 @@ pub async fn run(
     let conninfo = ConnInfo::parse(&config.source.url)?;
     let router = Router::new(&config.triggers);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    // Parked events live in the walhook schema of the source database.
-    let dispatcher = Dispatcher::start_parking(&config.triggers, ack_tx, &conninfo)?;
+    // Parked events live in the walhook schema of the source database, or of `[park] url`.
+    let park = match &config.park {
+        Some(p) => ConnInfo::parse(&p.url).map_err(RunError::ParkConnInfo)?,
+        None => conninfo.clone(),
+    };
+    let dispatcher = Dispatcher::start_parking(&config.triggers, ack_tx, &park)?;
     let current = Arc::new(Mutex::new(Current {
         session: 0,
         progress: Progress::new(crate::lsn::Lsn::ZERO),
@@ -296,7 +303,11 @@ async fn stream_once(
     };
     // Rows parked by an earlier process keep their keys' new events behind them.
     ctx.dispatcher.load_parked().await?;
-    let db_down = ctx.dispatcher.database_shutting_down();
+    // Only a shutdown of the source database is waiting for this session to confirm.
+    let db_down = match ctx.config.park {
+        None => ctx.dispatcher.database_shutting_down(),
+        Some(_) => Arc::new(tokio::sync::Notify::new()),
+    };
     // A notice left over from before this session (the database has restarted since).
     let _ = tokio::time::timeout(Duration::ZERO, db_down.notified()).await;
     // The new session sends again everything queued from an earlier one.

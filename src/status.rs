@@ -180,10 +180,12 @@ async fn parked_table_exists(client: &Client) -> Result<bool, StoreError> {
 }
 
 impl StatusReport {
-    /// Reads the slot's and the triggers' state; a slot more than `max_lag` bytes behind
-    /// is unhealthy.
+    /// Reads the slot's state from `client` (the source database) and the triggers' parked
+    /// events from `park_db` (the same client unless `[park] url` names another database);
+    /// a slot more than `max_lag` bytes behind is unhealthy.
     pub async fn gather(
         client: &Client,
+        park_db: &Client,
         config: &Config,
         max_lag: u64,
     ) -> Result<StatusReport, StatusError> {
@@ -227,8 +229,8 @@ impl StatusReport {
                 message: format!("slot {name:?} does not exist (walhook run or setup creates it)"),
             });
         }
-        let mut counts = if parked_table_exists(client).await? {
-            park::counts(client).await?
+        let mut counts = if parked_table_exists(park_db).await? {
+            park::counts(park_db).await?
         } else {
             BTreeMap::new()
         };

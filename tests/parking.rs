@@ -370,3 +370,40 @@ fn a_fast_shutdown_of_postgres_while_the_target_is_down_is_not_held_up() {
     );
     assert!(daemon.is_running());
 }
+
+#[test]
+fn park_url_keeps_parked_events_in_another_database() {
+    let (pg, db) = Cluster::with_app_db("CREATE TABLE t (id int PRIMARY KEY)");
+    let park_db = pg.create_db("parkdb");
+    let rx = Receiver::start();
+    let dir = tempdir();
+    rx.set_status(503);
+    let triggers = format!(
+        "[park]\nurl = \"{}\"\n\n{}",
+        pg.url(&park_db),
+        trigger_toml("t", "t", &rx.url("/t"), &[])
+    );
+    let config = write_config(dir.path(), &pg.url(&db), PARK, &triggers);
+    let (code, out, _) = walhook(&["check", "--config", config.to_str().unwrap()]);
+    assert!(code.success(), "{out}");
+    assert!(
+        out.contains("run creates the walhook schema there"),
+        "{out}"
+    );
+    let daemon = Walhook::streaming(&config);
+    pg.psql(&db, "INSERT INTO t SELECT g FROM generate_series(1, 50) g");
+    wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(30));
+    assert_eq!(parked_rows(&pg, &park_db, "t", "pending"), 50);
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM walhook.parked"),
+        "0",
+        "nothing parked in the source database"
+    );
+    let status = status_json(&config);
+    assert_eq!(status["triggers"]["t"]["parked"], 50, "{status}");
+    rx.set_status(200);
+    rx.wait_until(Duration::from_secs(30), "every parked row", |r| {
+        delivered_rows(r).len() == 50
+    });
+    drop(daemon);
+}

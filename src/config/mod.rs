@@ -121,8 +121,33 @@ pub struct Config {
     pub source: SourceConfig,
     /// The health and metrics endpoint.
     pub server: ServerConfig,
+    /// `[park] url`: another database for the walhook schema's parked events (`None`: the
+    /// source database).
+    pub park: Option<ParkConfig>,
     /// The triggers, in file order.
     pub triggers: Vec<Trigger>,
+}
+
+impl Config {
+    /// The URL of the database that holds `walhook.parked`.
+    pub fn park_url(&self) -> &str {
+        self.park.as_ref().map_or(&self.source.url, |p| &p.url)
+    }
+}
+
+/// `[park]`: where parked and dead events are kept, when not in the source database.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ParkConfig {
+    /// libpq-style URL; contains the password, never log it.
+    pub url: String,
+}
+
+impl fmt::Debug for ParkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParkConfig")
+            .field("url", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `[source]`: the database, slot and publication.

@@ -14,8 +14,8 @@ use super::reader::{Found, Reader, join, type_name};
 use super::table_name::{MAX_IDENT, parse_table};
 use super::when::compile_when;
 use super::{
-    Config, DeliverySpec, HttpMethod, On4xx, Ordering, RetrySettings, Route, ServerConfig,
-    SourceConfig, TableName, Trigger, TriggerId,
+    Config, DeliverySpec, HttpMethod, On4xx, Ordering, ParkConfig, RetrySettings, Route,
+    ServerConfig, SourceConfig, TableName, Trigger, TriggerId,
 };
 use crate::delivery::sign::Signer;
 use crate::event::ChangeKind;
@@ -35,7 +35,8 @@ const RESERVED_HEADERS: &[&str] = &[
     "webhook-signature",
 ];
 
-const TOP_KEYS: &[&str] = &["source", "server", "defaults", "trigger"];
+const TOP_KEYS: &[&str] = &["source", "server", "park", "defaults", "trigger"];
+const PARK_KEYS: &[&str] = &["url"];
 const SOURCE_KEYS: &[&str] = &["url", "slot", "publication"];
 const SERVER_KEYS: &[&str] = &["listen"];
 const SETTING_KEYS: &[&str] = &[
@@ -81,6 +82,7 @@ impl Reader<'_> {
         self.unknown_keys(root, TOP_KEYS, "");
         let source = self.source(root);
         let server = self.server(root);
+        let park = self.park(root);
         let defaults = match self.get(root, "defaults") {
             Some(found) => match self.table(&found, "defaults") {
                 Some(t) => {
@@ -96,6 +98,7 @@ impl Reader<'_> {
             path: path.to_owned(),
             source: source?,
             server: server?,
+            park: park?,
             triggers: triggers?,
         })
     }
@@ -107,22 +110,7 @@ impl Reader<'_> {
         };
         let table = self.table(&found, "source")?;
         self.unknown_keys(table, SOURCE_KEYS, "source");
-        let url = match self.get(table, "url") {
-            Some(f) => self.string(&f, "source.url").and_then(|url| {
-                // Never echo the URL: it usually carries the password.
-                let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
-                if !scheme_ok {
-                    let message =
-                        "not a libpq URL (it must start with postgres:// or postgresql://)";
-                    self.problem(f.span.clone(), "source.url", message);
-                }
-                scheme_ok.then_some(url)
-            }),
-            None => {
-                self.problem(found.span.clone(), "source.url", "missing");
-                None
-            }
-        };
+        let url = self.libpq_url(table, found.span.clone(), "source.url");
         let slot = self.name_setting(table, "slot", "source.slot", true);
         let publication = self.name_setting(table, "publication", "source.publication", false);
         Some(SourceConfig {
@@ -130,6 +118,42 @@ impl Reader<'_> {
             slot: slot?,
             publication: publication?,
         })
+    }
+
+    /// `[park]`: `Some(None)` when absent, `None` when invalid (reported).
+    fn park(&mut self, root: &dyn TableLike) -> Option<Option<ParkConfig>> {
+        let Some(found) = self.get(root, "park") else {
+            return Some(None);
+        };
+        let table = self.table(&found, "park")?;
+        self.unknown_keys(table, PARK_KEYS, "park");
+        let url = self.libpq_url(table, found.span.clone(), "park.url")?;
+        Some(Some(ParkConfig { url }))
+    }
+
+    /// The `url` of `table` (required), a libpq URL; `key` names it in messages.
+    fn libpq_url(
+        &mut self,
+        table: &dyn TableLike,
+        table_span: Option<std::ops::Range<usize>>,
+        key: &str,
+    ) -> Option<String> {
+        match self.get(table, "url") {
+            Some(f) => self.string(&f, key).and_then(|url| {
+                // Never echo the URL: it usually carries the password.
+                let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
+                if !scheme_ok {
+                    let message =
+                        "not a libpq URL (it must start with postgres:// or postgresql://)";
+                    self.problem(f.span.clone(), key, message);
+                }
+                scheme_ok.then_some(url)
+            }),
+            None => {
+                self.problem(table_span, key, "missing");
+                None
+            }
+        }
     }
 
     /// A slot or publication name, default "walhook".

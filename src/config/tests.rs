@@ -466,3 +466,25 @@ fn load_reads_the_file_and_names_it() {
         "{e}"
     );
 }
+
+#[test]
+fn park_url_names_another_database_for_parked_events() {
+    let c = ok(&with_trigger(""));
+    assert_eq!(c.park, None);
+    assert_eq!(c.park_url(), "postgres://walhook:hunter2@db/app");
+    let text = with_trigger("").replace(
+        "[[trigger]]",
+        "[park]\nurl = \"postgres://parker@other/park\"\n\n[[trigger]]",
+    );
+    let c = ok(&text);
+    assert_eq!(c.park_url(), "postgres://parker@other/park");
+    assert!(!format!("{c:?}").contains("parker"), "the URL is redacted");
+    let bad = with_trigger("").replace(
+        "[[trigger]]",
+        "[park]\nurl = \"mysql://x\"\nsize = 1\n\n[[trigger]]",
+    );
+    let shown = err(&bad).to_string();
+    assert!(shown.contains("park.url: not a libpq URL"), "{shown}");
+    assert!(shown.contains("park.size"), "{shown}");
+    assert!(!shown.contains("mysql://x"), "{shown}");
+}

@@ -280,6 +280,11 @@ impl Dispatcher {
         if self.loaded.load(AtomicOrdering::Acquire) {
             return Ok(());
         }
+        // A separate park database is migrated here (the source one was, with the slot).
+        match store.migrate().await {
+            Ok(()) | Err(ParkError::Store(crate::store::StoreError::Privilege { .. })) => {}
+            Err(e) => return Err(e),
+        }
         if !store.table_exists().await? {
             tracing::warn!(
                 "walhook.parked does not exist and this role may not create it, so parking is \

@@ -355,6 +355,17 @@ impl ParkStore {
         s.failed(r).map(|_| ())
     }
 
+    /// Brings the walhook schema of this database up to date ([`crate::store::migrate`]).
+    pub async fn migrate(&self) -> Result<(), ParkError> {
+        let mut s = self.session().await?;
+        let client = match s.0.as_mut() {
+            Some(c) => &mut c.client,
+            None => unreachable!("a session is always connected"),
+        };
+        let r = crate::store::migrate(client).await.map(|_| ());
+        s.failed(r)
+    }
+
     /// Whether `walhook.parked` exists (a role that may not create the schema needs
     /// `sql/walhook.sql` run for it).
     pub async fn table_exists(&self) -> Result<bool, ParkError> {
