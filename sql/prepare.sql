@@ -20,6 +20,9 @@
 --      publication needs ownership of the table). walhook then finds it publishing exactly
 --      its tables and changes nothing; when your triggers name other tables, run this again
 --      with the new list (walhook, not being the owner, cannot alter it itself).
+--   4. creates schema walhook owned by the role (walhook keeps its parked events and the
+--      slot's record there and applies its own migrations); if the schema exists, the role
+--      gets USAGE and CREATE on it and SELECT, INSERT, UPDATE, DELETE on its tables.
 -- The replication slot is created by walhook (`walhook setup`, or `walhook run` on start).
 -- Tables need a primary key or REPLICA IDENTITY FULL; FULL also gives updates their old row.
 
@@ -71,6 +74,12 @@ SELECT format('CREATE PUBLICATION %I FOR TABLE %s WITH (publish_via_partition_ro
  WHERE NOT EXISTS (SELECT FROM pg_publication WHERE pubname = :'publication') \gexec
 SELECT format('ALTER PUBLICATION %I SET TABLE %s', :'publication', :'tables')
  WHERE EXISTS (SELECT FROM pg_publication WHERE pubname = :'publication') \gexec
+
+SELECT format('CREATE SCHEMA walhook AUTHORIZATION %I', :'role')
+ WHERE to_regnamespace('walhook') IS NULL \gexec
+SELECT format('GRANT USAGE, CREATE ON SCHEMA walhook TO %I', :'role') \gexec
+SELECT format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO %I', :'role') \gexec
+SELECT format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA walhook TO %I', :'role') \gexec
 
 SELECT :'role' AS role, :'publication' AS publication,
        string_agg(format('%I.%I', schemaname, tablename), ', ' ORDER BY schemaname, tablename) AS tables

@@ -1,7 +1,8 @@
 -- The walhook schema, every migration in order. Generated from sql/migrations/;
 -- run it as a role that may create schemas (e.g. the database owner), then grant the
--- role walhook runs as USAGE on schema walhook and SELECT, INSERT, UPDATE, DELETE on
--- its tables. walhook applies the same migrations itself when its role may.
+-- role walhook runs as USAGE on schema walhook, SELECT, INSERT, UPDATE, DELETE on its
+-- tables and USAGE on its sequences. walhook applies the same migrations itself when
+-- its role may (it owns the schema, or may create it).
 BEGIN;
 CREATE SCHEMA IF NOT EXISTS walhook;
 CREATE TABLE IF NOT EXISTS walhook.schema_migrations (

@@ -87,7 +87,9 @@ async fn park_database(url: &str, report: &mut Report) {
     let found = client
         .query_one(
             "SELECT to_regclass('walhook.parked') IS NOT NULL, \
-                    has_database_privilege(current_database(), 'CREATE')",
+                    has_database_privilege(current_database(), 'CREATE') \
+                    OR (to_regnamespace('walhook') IS NOT NULL \
+                        AND has_schema_privilege('walhook', 'CREATE'))",
             &[],
         )
         .await;
@@ -104,8 +106,8 @@ async fn park_database(url: &str, report: &mut Report) {
             Severity::Warning,
             format!(
                 "park database {conninfo}: walhook.parked does not exist and this role may not \
-                 create it, so parking is off (a failing target holds the slot); run \
-                 sql/walhook.sql there as its owner"
+                 create it, so parking is off (a failing target holds the slot); {}",
+                crate::store::SCHEMA_ADVICE
             ),
         ),
         Err(e) => report.push(

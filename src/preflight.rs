@@ -221,11 +221,13 @@ async fn slot(client: &Client, slot: &str, report: &mut Report) -> Result<(), Se
     if recorded.is_none() && !store_writable(client).await? {
         report.push(
             Severity::Warning,
-            "schema walhook does not exist and this role may not create it (CREATE on the \
-             database): run cannot record its slot, so a slot dropped under it would not be \
-             noticed, and cannot park events, so a target that keeps failing holds the slot \
-             (the server keeps WAL until it answers); have the database owner run sql/walhook.sql and grant this role USAGE on \
-             schema walhook and SELECT, INSERT, UPDATE, DELETE on its tables",
+            format!(
+                "schema walhook does not exist and this role may not create it (CREATE on the \
+                 database): run cannot record its slot, so a slot dropped under it would not be \
+                 noticed, and cannot park events, so a target that keeps failing holds the slot \
+                 (the server keeps WAL until it answers); {}",
+                crate::store::SCHEMA_ADVICE
+            ),
         );
     }
     let findings =

@@ -299,6 +299,16 @@ fn prepare_sql_gives_a_plain_role_what_walhook_needs() {
         r.iter().any(|r| r.ok())
     });
     assert_eq!(reqs[0].json()["record"]["status"], "new");
+    // The role owns schema walhook, so walhook migrated it itself: parking is on.
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT nspowner::regrole::text, to_regclass('walhook.parked') IS NOT NULL \
+             FROM pg_namespace WHERE nspname = 'walhook'"
+        ),
+        "walhook|t"
+    );
+    assert!(!log.iter().any(|l| l.contains("parking is off")), "{log:?}");
     assert!(
         !log.iter()
             .any(|l| l.contains("publication") && l.contains("Altered")),

@@ -289,9 +289,8 @@ impl Dispatcher {
             tracing::warn!(
                 "walhook.parked does not exist and this role may not create it, so parking is \
                  off: a target that keeps failing holds its events and the slot (the server \
-                 keeps WAL) until it answers; have the database owner run sql/walhook.sql and \
-                 grant this role USAGE on schema walhook and SELECT, INSERT, UPDATE, DELETE on \
-                 its tables"
+                 keeps WAL) until it answers; {}",
+                crate::store::SCHEMA_ADVICE
             );
             self.loaded.store(true, AtomicOrdering::Release);
             return Ok(());

@@ -43,13 +43,22 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// Creates the schema and the table that records applied migrations.
-const BOOTSTRAP: &str = "CREATE SCHEMA IF NOT EXISTS walhook;\n\
-CREATE TABLE IF NOT EXISTS walhook.schema_migrations (\n    \
+/// Creates the schema (`sql/walhook.sql` only: `migrate` skips it when the schema exists,
+/// since CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even then, which a role
+/// that merely owns the schema lacks).
+const CREATE_SCHEMA: &str = "CREATE SCHEMA IF NOT EXISTS walhook;\n";
+
+/// Creates the table that records applied migrations.
+const BOOTSTRAP: &str = "CREATE TABLE IF NOT EXISTS walhook.schema_migrations (\n    \
     version integer PRIMARY KEY,\n    \
     name text NOT NULL,\n    \
     applied_at timestamptz NOT NULL DEFAULT now()\n\
 );\n";
+
+/// What to do when walhook's role may not create the walhook schema.
+pub const SCHEMA_ADVICE: &str = "create schema walhook owned by this role (sql/prepare.sql \
+    does), or have the database owner run sql/walhook.sql and grant this role USAGE on schema \
+    walhook, SELECT, INSERT, UPDATE, DELETE on its tables and USAGE on its sequences";
 
 /// Key of the advisory lock held while migrating (any fixed number; "walhook" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0077_616c_686f_6f6b;
@@ -59,9 +68,7 @@ const MIGRATION_LOCK: i64 = 0x0077_616c_686f_6f6b;
 pub enum StoreError {
     /// The role may not create or change the schema.
     #[error(
-        "{context}: {} (create the walhook schema ahead of time by running sql/walhook.sql \
-         as the database owner, then grant this role USAGE on schema walhook and \
-         SELECT, INSERT, UPDATE, DELETE on its tables)",
+        "{context}: {} ({SCHEMA_ADVICE})",
         describe_sql_error(.error)
     )]
     Privilege {
@@ -140,9 +147,19 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(sql("locking the schema migration"))?;
+    let schema_exists: bool = tx
+        .query_one("SELECT to_regnamespace('walhook') IS NOT NULL", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(sql("looking up schema walhook"))?;
+    if !schema_exists {
+        tx.batch_execute(CREATE_SCHEMA)
+            .await
+            .map_err(sql("creating schema walhook"))?;
+    }
     tx.batch_execute(BOOTSTRAP)
         .await
-        .map_err(sql("creating schema walhook"))?;
+        .map_err(sql("creating walhook.schema_migrations"))?;
     let current = recorded_version(&tx).await?;
     if current > latest_version() {
         return Err(StoreError::TooNew {
@@ -212,10 +229,12 @@ pub fn script() -> String {
     let mut out = String::from(
         "-- The walhook schema, every migration in order. Generated from sql/migrations/;\n\
          -- run it as a role that may create schemas (e.g. the database owner), then grant the\n\
-         -- role walhook runs as USAGE on schema walhook and SELECT, INSERT, UPDATE, DELETE on\n\
-         -- its tables. walhook applies the same migrations itself when its role may.\n\
+         -- role walhook runs as USAGE on schema walhook, SELECT, INSERT, UPDATE, DELETE on its\n\
+         -- tables and USAGE on its sequences. walhook applies the same migrations itself when\n\
+         -- its role may (it owns the schema, or may create it).\n\
          BEGIN;\n",
     );
+    out.push_str(CREATE_SCHEMA);
     out.push_str(BOOTSTRAP);
     for m in MIGRATIONS {
         out.push_str(&format!(
