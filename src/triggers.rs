@@ -160,7 +160,9 @@ impl Router {
             by_table,
             tables,
             env: Arc::new(cel::Env::stdlib()),
-            unordered: AtomicU64::new(0),
+            // A random start: keys of `ordering = "none"` events parked by an earlier process
+            // should not make this one's new events queue behind them.
+            unordered: AtomicU64::new(fastrand::u64(..)),
         }
     }
 
