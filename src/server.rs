@@ -41,6 +41,8 @@ impl Health {
 pub struct Activity {
     delivered: AtomicU64,
     failed: AtomicU64,
+    parked: AtomicU64,
+    dead: AtomicU64,
     received: AtomicU64,
     confirmed: AtomicU64,
 }
@@ -55,6 +57,10 @@ pub struct ActivitySnapshot {
     pub delivered: u64,
     /// Requests that failed (non-2xx or transport error) and will be retried, since start.
     pub failed: u64,
+    /// Events written to `walhook.parked` as pending, since start.
+    pub parked: u64,
+    /// Events that went dead, since start.
+    pub dead: u64,
     /// Bytes of WAL received but not yet confirmed.
     pub unconfirmed: u64,
 }
@@ -65,6 +71,8 @@ impl Activity {
         Activity {
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            dead: AtomicU64::new(0),
             received: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
         }
@@ -77,6 +85,12 @@ impl Activity {
         } else {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Records `events` parked (pending) or gone dead.
+    pub fn parked(&self, events: u64, dead: bool) {
+        let counter = if dead { &self.dead } else { &self.parked };
+        counter.fetch_add(events, Ordering::Relaxed);
     }
 
     /// Records the stream's received and confirmed positions.
@@ -92,6 +106,8 @@ impl Activity {
         ActivitySnapshot {
             delivered: self.delivered.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            parked: self.parked.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
             unconfirmed: received.saturating_sub(confirmed),
         }
     }
@@ -348,12 +364,16 @@ mod tests {
         a.request(true, 5);
         a.request(false, 5);
         a.request(false, 1);
+        a.parked(7, false);
+        a.parked(1, true);
         a.positions(1000, 400);
         assert_eq!(
             a.snapshot(),
             ActivitySnapshot {
                 delivered: 5,
                 failed: 2,
+                parked: 7,
+                dead: 1,
                 unconfirmed: 600
             }
         );

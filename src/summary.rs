@@ -30,11 +30,26 @@ pub async fn report(interval: Duration) {
 pub fn line(prev: ActivitySnapshot, now: ActivitySnapshot, interval: Duration) -> Option<String> {
     let delivered = now.delivered.saturating_sub(prev.delivered);
     let failed = now.failed.saturating_sub(prev.failed);
-    if delivered == 0 && failed == 0 && now.unconfirmed == prev.unconfirmed {
+    let parked = now.parked.saturating_sub(prev.parked);
+    let dead = now.dead.saturating_sub(prev.dead);
+    if delivered == 0
+        && failed == 0
+        && parked == 0
+        && dead == 0
+        && now.unconfirmed == prev.unconfirmed
+    {
         return None;
     }
+    // Parked and dead only when there were some: most intervals have none.
+    let mut parking = String::new();
+    if parked > 0 {
+        parking.push_str(&format!(", {parked} parked"));
+    }
+    if dead > 0 {
+        parking.push_str(&format!(", {dead} dead"));
+    }
     Some(format!(
-        "last {}s: {delivered} delivered, {failed} failed {}, {} unconfirmed; {} delivered since start",
+        "last {}s: {delivered} delivered, {failed} failed {}{parking}, {} unconfirmed; {} delivered since start",
         interval.as_secs(),
         if failed == 1 { "attempt" } else { "attempts" },
         bytes(now.unconfirmed),
@@ -67,6 +82,7 @@ mod tests {
             delivered,
             failed,
             unconfirmed,
+            ..ActivitySnapshot::default()
         }
     }
 
@@ -90,6 +106,18 @@ mod tests {
         );
         // The slot moved with nothing delivered (changes no trigger wanted).
         assert!(line(snap(5, 0, 800), snap(5, 0, 0), INTERVAL).is_some());
+        // A target down: its events parked, some gone dead.
+        let before = snap(5, 0, 0);
+        let after = ActivitySnapshot {
+            failed: 4,
+            parked: 300,
+            dead: 2,
+            ..before
+        };
+        assert_eq!(
+            line(before, after, INTERVAL).unwrap(),
+            "last 10s: 0 delivered, 4 failed attempts, 300 parked, 2 dead, 0 B unconfirmed; 5 delivered since start"
+        );
     }
 
     #[test]

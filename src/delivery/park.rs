@@ -203,6 +203,7 @@ pub(super) async fn store(
         }
     }
     let n = rows.len() as u64;
+    crate::server::ACTIVITY.parked(n, state == State::Dead);
     match state {
         State::Pending => shared.park_metrics.parked_total.increment(n),
         State::Dead => {
@@ -415,6 +416,7 @@ async fn round(
             if !dead.is_empty() {
                 progress = true;
                 shared.park_metrics.dead_total.increment(dead.len() as u64);
+                crate::server::ACTIVITY.parked(dead.len() as u64, true);
                 tracing::warn!(
                     trigger = %shared.name,
                     events = dead.len(),

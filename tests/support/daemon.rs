@@ -30,7 +30,13 @@ pub struct Walhook {
 impl Walhook {
     /// Starts `walhook run --config <config>`.
     pub fn start(config: &Path) -> Walhook {
+        Walhook::start_with(config, &[])
+    }
+
+    /// Starts `walhook <global args> run --config <config>`.
+    pub fn start_with(config: &Path, global: &[&str]) -> Walhook {
         let mut child = Command::new(BIN)
+            .args(global)
             .arg("run")
             .arg("--config")
             .arg(config)
