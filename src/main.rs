@@ -339,6 +339,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 config.source.publication,
                 outcome(publication)
             );
+            // Parked events are not the slot's: they are kept, and said so.
+            let park = park_client(&config).await?;
+            let counts = store::park::counts(park.as_ref().unwrap_or(&client)).await?;
+            for (trigger, c) in counts.iter().filter(|(_, c)| c.parked + c.dead > 0) {
+                println!(
+                    "walhook.parked keeps {} parked and {} dead event(s) of trigger {trigger:?} \
+                     (delete them with SQL if they are not wanted)",
+                    c.parked, c.dead
+                );
+            }
         }
         Command::Status {
             config: arg,

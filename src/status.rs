@@ -169,16 +169,6 @@ pub async fn recorded(client: &Client, slot_name: &str) -> Result<Option<SlotRec
     slot::load(client, slot_name).await
 }
 
-/// Whether `walhook.parked` exists (reads only).
-async fn parked_table_exists(client: &Client) -> Result<bool, StoreError> {
-    client
-        .query_one("SELECT to_regclass('walhook.parked') IS NOT NULL", &[])
-        .await
-        .map_err(crate::store::sql("looking up walhook.parked"))?
-        .try_get(0)
-        .map_err(crate::store::sql("looking up walhook.parked"))
-}
-
 impl StatusReport {
     /// Reads the slot's state from `client` (the source database) and the triggers' parked
     /// events from `park_db` (the same client unless `[park] url` names another database);
@@ -229,11 +219,7 @@ impl StatusReport {
                 message: format!("slot {name:?} does not exist (walhook run or setup creates it)"),
             });
         }
-        let mut counts = if parked_table_exists(park_db).await? {
-            park::counts(park_db).await?
-        } else {
-            BTreeMap::new()
-        };
+        let mut counts = park::counts(park_db).await?;
         let mut triggers: BTreeMap<String, TriggerReport> = config
             .triggers
             .iter()

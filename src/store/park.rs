@@ -370,12 +370,7 @@ impl ParkStore {
     /// `sql/walhook.sql` run for it).
     pub async fn table_exists(&self) -> Result<bool, ParkError> {
         let mut s = self.session().await?;
-        let r = s
-            .client()
-            .query_one("SELECT to_regclass('walhook.parked') IS NOT NULL", &[])
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(sql("looking up walhook.parked"));
+        let r = table_exists(s.client()).await;
         s.failed(r)
     }
 
@@ -409,8 +404,12 @@ impl ParkStore {
     }
 }
 
-/// Per trigger: pending and dead rows, the oldest pending one's age, the last error.
+/// Per trigger: pending and dead rows, the oldest pending one's age, the last error (empty
+/// when `walhook.parked` does not exist).
 pub async fn counts(client: &Client) -> Result<BTreeMap<String, Counts>, StoreError> {
+    if !table_exists(client).await? {
+        return Ok(BTreeMap::new());
+    }
     let rows = client
         .query(
             "SELECT trigger, \
@@ -442,6 +441,15 @@ pub async fn counts(client: &Client) -> Result<BTreeMap<String, Counts>, StoreEr
     Ok(out)
 }
 
+/// Whether `walhook.parked` exists.
+async fn table_exists(client: &Client) -> Result<bool, StoreError> {
+    client
+        .query_one("SELECT to_regclass('walhook.parked') IS NOT NULL", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(sql("looking up walhook.parked"))
+}
+
 /// `walhook replay`: dead rows matching `filter` become pending again, due now, with their
 /// attempts and `give_up_after` clock reset (or, with `filter.pending`, pending rows become
 /// due now). Returns how many rows per trigger.
@@ -449,12 +457,7 @@ pub async fn replay(
     client: &Client,
     filter: &ReplayFilter,
 ) -> Result<BTreeMap<String, u64>, StoreError> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('walhook.parked') IS NOT NULL", &[])
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(sql("looking up walhook.parked"))?;
-    if !exists {
+    if !table_exists(client).await? {
         return Ok(BTreeMap::new()); // nothing was ever parked here
     }
     let set = if filter.pending {
