@@ -39,9 +39,12 @@ impl ChangeKind {
 pub struct Change {
     /// Insert, update or delete.
     pub kind: ChangeKind,
-    /// Schema of the table.
+    /// The table's OID (from its Relation message): what triggers are bound to, so a
+    /// renamed table keeps firing them.
+    pub relation: u32,
+    /// Schema of the table (its current name).
     pub schema: Arc<str>,
-    /// Table name.
+    /// Table name (its current name).
     pub table: Arc<str>,
     /// The new row; `None` for deletes.
     pub record: Option<Row>,
@@ -215,6 +218,7 @@ mod tests {
     fn event_ids_are_stable_and_have_no_dot() {
         let change = Change {
             kind: ChangeKind::Create,
+            relation: 16_384,
             schema: "public".into(),
             table: "t".into(),
             record: Some(Row::new()),

@@ -16,7 +16,8 @@
 //!   trigger (its route and its delivery spec).
 //! - [`preflight`]: what `run` needs of the database, checked at once (`check` prints it).
 //! - [`triggers`]: which trigger a change fires, and the payload it gets.
-//! - [`delivery`]: HTTP delivery per target, signing, retry.
+//! - [`drift`]: triggers bound to table OIDs; renames followed, publication drift reported.
+//! - [`delivery`]: HTTP delivery per target, signing, retry, parking (`walhook.parked`).
 //! - [`progress`]: in-flight transactions and the LSN that is safe to confirm.
 //! - [`fence`]: an instance delivers only while its stream has been heard from recently.
 //! - [`reload`]: SIGHUP: a valid new config restarts the pipeline, an invalid one is refused.
@@ -30,6 +31,7 @@ pub mod check;
 pub mod config;
 pub mod delivery;
 pub mod demo;
+pub mod drift;
 pub mod event;
 pub mod fence;
 pub mod listen;

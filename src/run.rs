@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::config::Config;
 use crate::delivery::{Ack, DeliveryError, Dispatcher, Job};
+use crate::drift::{self, Binding};
 use crate::fence::{self, Fence};
 use crate::preflight::{self, Refused};
 use crate::progress::{Progress, TxnId};
@@ -295,9 +296,11 @@ async fn stream_once(
             return Err(Refused(report.errors()).into());
         }
         let timeout = setup::wal_sender_timeout_ms(&client).await?;
-        Ok::<_, SourceError>((session::open_on(client, &options).await?, timeout))
+        // Triggers follow their tables' OIDs for the session (see crate::drift).
+        let binding = Binding::resolve(&client, &ctx.router.tables()).await?;
+        Ok::<_, SourceError>((session::open_on(client, &options).await?, timeout, binding))
     };
-    let (mut stream, wal_sender_timeout) = tokio::select! {
+    let (mut stream, wal_sender_timeout, mut binding) = tokio::select! {
         s = setup => s?,
         _ = &mut stop => return Ok(None),
     };
@@ -316,6 +319,12 @@ async fn stream_once(
         .fence()
         .open(Fence::bound_for(wal_sender_timeout));
     ctx.health.set_streaming(true);
+    let _drift_checks = AbortOnDrop(tokio::spawn(check_drift(
+        ctx.conninfo.clone(),
+        ctx.config.source.publication.clone(),
+        binding.tables().map(|(oid, t)| (oid, t.clone())).collect(),
+        ctx.health.drift.clone(),
+    )));
     *ctx.current.lock().await = Current {
         session: ctx.session,
         progress: Progress::new(stream.confirmed()),
@@ -332,7 +341,7 @@ async fn stream_once(
         match event {
             SourceEvent::Begin { .. } => ctx.progress(|p| txn = p.begin()).await,
             SourceEvent::Change(change) => {
-                let routed = ctx.router.route(&change);
+                let routed = binding.route(ctx.router, &change, &ctx.health.drift);
                 if routed.is_empty() {
                     continue;
                 }
@@ -360,6 +369,35 @@ async fn stream_once(
             }
             SourceEvent::Commit(c) => ctx.progress(|p| p.commit(txn, c.end_lsn)).await,
             SourceEvent::Idle { wal_end } => ctx.progress(|p| p.keepalive(wal_end)).await,
+        }
+    }
+}
+
+/// Aborts the task when dropped (the drift checks end with their session).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Compares the session's binding with the catalog every [`drift::CHECK_INTERVAL`].
+async fn check_drift(
+    conninfo: ConnInfo,
+    publication: String,
+    binding: Vec<(u32, crate::config::TableName)>,
+    drift: Arc<drift::Drift>,
+) {
+    let mut checker = drift::Checker::default();
+    loop {
+        tokio::time::sleep(drift::CHECK_INTERVAL).await;
+        if let Err(e) = drift::check(&conninfo, &publication, &binding, &mut checker, &drift).await
+        {
+            tracing::debug!(
+                "drift check failed (tried again in {:?}): {e}",
+                drift::CHECK_INTERVAL
+            );
         }
     }
 }

@@ -20,6 +20,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 #[derive(Debug, Default)]
 pub struct Health {
     streaming: AtomicBool,
+    /// Publication and table drift seen by the running session (see [`crate::drift`]).
+    pub drift: std::sync::Arc<crate::drift::Drift>,
 }
 
 impl Health {
@@ -154,6 +156,16 @@ pub enum MetricKind {
 
 /// Every metric walhook exports, with its help text (`# HELP` in /metrics).
 pub const METRICS: &[(&str, MetricKind, &str)] = &[
+    (
+        "walhook_drift",
+        MetricKind::Gauge,
+        "Publication or table drift found by the latest check and not resolved (a trigger's table out of the publication, renamed over, or dropped).",
+    ),
+    (
+        "walhook_drift_total",
+        MetricKind::Counter,
+        "Drift findings, by kind (publication, name, dropped).",
+    ),
     (
         "walhook_parked",
         MetricKind::Gauge,
@@ -324,7 +336,12 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> 
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.health.is_streaming() {
+    if state.health.drift.is_drifting() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "streaming, but the publication or the triggers' tables drifted (see the log)\n",
+        )
+    } else if state.health.is_streaming() {
         (StatusCode::OK, "streaming\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not streaming\n")

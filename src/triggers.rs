@@ -180,10 +180,17 @@ impl Router {
 
     /// Every trigger `change` fires, in config order, with its event id and body.
     pub fn route(&self, change: &Change) -> Vec<Routed> {
+        self.route_as(&change.schema, &change.table, change)
+    }
+
+    /// Routes `change` to the triggers of the table the config calls `schema.table` (a
+    /// renamed table's changes still go to the triggers bound to it). The events carry the
+    /// change's own, current name.
+    pub fn route_as(&self, schema: &str, table: &str, change: &Change) -> Vec<Routed> {
         let Some(routes) = self
             .by_table
-            .get(&*change.schema)
-            .and_then(|tables| tables.get(&*change.table))
+            .get(schema)
+            .and_then(|tables| tables.get(table))
         else {
             return Vec::new();
         };
@@ -414,6 +421,7 @@ mod tests {
         let (schema, table) = table.split_once('.').unwrap_or(("public", table));
         Change {
             kind,
+            relation: 16_384,
             schema: schema.into(),
             table: table.into(),
             record: record.map(row),

@@ -420,3 +420,110 @@ fn a_value_whose_type_was_dropped_is_delivered_as_its_text() {
     wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(20));
     assert!(daemon.is_running());
 }
+
+// ================================================================ 3. renames and drift
+
+fn rows_of_table(
+    reqs: &[support::receiver::Request],
+    table: &str,
+) -> std::collections::HashSet<i64> {
+    reqs.iter()
+        .filter(|r| r.ok() && r.json()["table"] == table)
+        .filter_map(|r| r.json()["record"]["id"].as_i64())
+        .collect()
+}
+
+#[test]
+fn a_renamed_table_keeps_firing_its_trigger() {
+    let (pg, db, rx, dir) = scenario(&[], "CREATE TABLE items (id int PRIMARY KEY)");
+    let triggers = trigger_toml("items", "items", &rx.url("/items"), &[]);
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let walhook = Walhook::streaming(&config);
+    pg.psql(&db, "INSERT INTO items VALUES (1)");
+    rx.wait_until(Duration::from_secs(20), "row 1", |r| {
+        delivered_rows(r).contains(&1)
+    });
+    pg.psql(&db, "ALTER TABLE items RENAME TO items2");
+    pg.psql(&db, "INSERT INTO items2 VALUES (2)");
+    let reqs = rx.wait_until(Duration::from_secs(20), "row 2 of the renamed table", |r| {
+        rows_of_table(r, "items2").contains(&2)
+    });
+    let event = reqs
+        .iter()
+        .find(|r| r.json()["record"]["id"] == 2)
+        .unwrap()
+        .json();
+    assert_eq!(event["trigger"], "items", "{event}");
+    walhook.wait_log("was renamed to public.items2", 1, Duration::from_secs(5));
+    wait_confirmed(&pg, &db, current_lsn(&pg, &db), Duration::from_secs(20));
+}
+
+#[test]
+fn a_table_dropped_from_the_publication_is_reported_added_back_and_the_gap_named() {
+    let (pg, db, rx, dir) = scenario(&[], "CREATE TABLE items (id int PRIMARY KEY)");
+    let triggers = trigger_toml("items", "items", &rx.url("/items"), &[]);
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let walhook = Walhook::streaming(&config);
+    pg.psql(&db, "INSERT INTO items VALUES (1)");
+    rx.wait_until(Duration::from_secs(20), "row 1", |r| {
+        delivered_rows(r).contains(&1)
+    });
+    pg.psql(&db, "ALTER PUBLICATION walhook DROP TABLE items");
+    pg.psql(&db, "INSERT INTO items VALUES (2)"); // not captured: the publication lacks it
+    walhook.wait_log(
+        "had been removed from publication",
+        1,
+        Duration::from_secs(30),
+    );
+    let line = walhook
+        .log_text()
+        .lines()
+        .find(|l| l.contains("had been removed from publication"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("ERROR") && line.contains("were not captured"),
+        "{line}"
+    );
+    assert!(
+        line.contains(" between ") && line.contains(" and "),
+        "{line}"
+    );
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'walhook' AND tablename = 'items'"),
+        "1",
+        "walhook owns the publication and added the table back"
+    );
+    pg.psql(&db, "INSERT INTO items VALUES (3)");
+    rx.wait_until(Duration::from_secs(20), "row 3 after the repair", |r| {
+        delivered_rows(r).contains(&3)
+    });
+    assert!(walhook.log_count("drift:") >= 1);
+}
+
+#[test]
+fn a_swap_migration_is_reported_and_a_restart_follows_the_new_table() {
+    let (pg, db, rx, dir) = scenario(
+        &[],
+        "CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE items_new (id int PRIMARY KEY)",
+    );
+    let triggers = trigger_toml("items", "items", &rx.url("/items"), &[]);
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let walhook = Walhook::streaming(&config);
+    pg.psql(
+        &db,
+        "BEGIN; ALTER TABLE items RENAME TO items_old; ALTER TABLE items_new RENAME TO items; COMMIT",
+    );
+    walhook.wait_log("which is now another table", 1, Duration::from_secs(30));
+    // The bound (old) table keeps firing until the restart.
+    pg.psql(&db, "INSERT INTO items_old VALUES (1)");
+    rx.wait_until(Duration::from_secs(20), "row 1 of the old table", |r| {
+        rows_of_table(r, "items_old").contains(&1)
+    });
+    drop(walhook);
+    let _walhook = Walhook::streaming(&config);
+    pg.psql(&db, "INSERT INTO items VALUES (2)");
+    rx.wait_until(Duration::from_secs(20), "row 2 of the new table", |r| {
+        rows_of_table(r, "items").contains(&2)
+    });
+}

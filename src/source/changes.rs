@@ -264,6 +264,7 @@ fn change(
 ) -> Change {
     Change {
         kind,
+        relation: rel.relation.id,
         schema: rel.schema.clone(),
         table: rel.table.clone(),
         record,
