@@ -244,6 +244,43 @@ impl StatusReport {
                 },
             );
         }
+        // Drift: a trigger's table gone, or out of the publication.
+        let tables = config
+            .triggers
+            .iter()
+            .map(|t| t.table.clone())
+            .collect::<Vec<_>>();
+        let names: Vec<String> = tables.iter().map(|t| t.quoted()).collect();
+        let missing_tables = client
+            .query(
+                "SELECT n FROM unnest($1::text[]) AS n WHERE to_regclass(n) IS NULL",
+                &[&names],
+            )
+            .await
+            .map_err(crate::store::sql("looking up the triggers' tables"))?;
+        for row in missing_tables {
+            let table: String = row
+                .try_get(0)
+                .map_err(crate::store::sql("looking up the triggers' tables"))?;
+            slot.findings.push(Finding {
+                level: Level::Error,
+                message: format!(
+                    "table {table}, which a trigger names, does not exist (renamed or dropped?): \
+                     walhook run refuses to start until the config names it as it is now"
+                ),
+            });
+        }
+        let publication = &config.source.publication;
+        for table in setup::missing_from_publication(client, publication, &tables).await? {
+            slot.findings.push(Finding {
+                level: Level::Error,
+                message: format!(
+                    "table {table}, which a trigger names, is not in publication \
+                     {publication:?}: its changes are not captured (a running walhook adds it \
+                     back within seconds where it may, and says which changes were missed)"
+                ),
+            });
+        }
         for (name, t) in &triggers {
             if t.park.dead > 0 {
                 slot.findings.push(Finding {

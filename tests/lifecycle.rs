@@ -499,6 +499,21 @@ fn a_table_dropped_from_the_publication_is_reported_added_back_and_the_gap_named
         delivered_rows(r).contains(&3)
     });
     assert!(walhook.log_count("drift:") >= 1);
+
+    // While walhook is stopped: status says so, and the next start says so before adding it.
+    drop(walhook);
+    pg.psql(&db, "ALTER PUBLICATION walhook DROP TABLE items");
+    let (code, text, _) =
+        support::daemon::walhook(&["status", "--config", config.to_str().unwrap()]);
+    assert_eq!(code.code(), Some(1), "{text}");
+    assert!(text.contains("is not in publication \"walhook\""), "{text}");
+    let restarted = Walhook::streaming(&config);
+    assert_eq!(
+        restarted.log_count("lacks public.items, which a trigger names"),
+        1,
+        "{}",
+        restarted.log_text()
+    );
 }
 
 #[test]

@@ -84,6 +84,25 @@ pub async fn open_on(
     }
     match &opts.publish {
         Some(tables) => {
+            // A trigger table missing from the publication of a slot that already exists
+            // may be drift (removed while walhook was not running): its changes since then
+            // were not captured. Say so before adding it back.
+            if let Slot::Permanent(name) = &opts.slot {
+                if let Some(slot) = setup::slot_state(&client, name).await? {
+                    for table in
+                        setup::missing_from_publication(&client, &opts.publication, tables).await?
+                    {
+                        tracing::warn!(
+                            "publication {:?} lacks {table}, which a trigger names; walhook adds \
+                             it now. If it was in the publication and removed while slot {name:?} \
+                             existed (confirmed up to {}), its changes committed since then were \
+                             not captured; if the trigger is new, there is nothing to worry about",
+                            opts.publication,
+                            slot.confirmed_flush
+                        );
+                    }
+                }
+            }
             let change = setup::sync_publication(&client, &opts.publication, tables).await?;
             tracing::info!(publication = %opts.publication, ?change, "publication");
         }

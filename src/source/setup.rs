@@ -245,6 +245,36 @@ pub enum PublicationChange {
     Unchanged,
 }
 
+/// The tables of `tables` that an existing publication `publication` does not publish (none
+/// when it does not exist, or publishes all tables).
+pub async fn missing_from_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<Vec<TableName>, SetupError> {
+    let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
+    let rows = client
+        .query(
+            "SELECT i::int4 FROM unnest($2::text[]) WITH ORDINALITY AS u(n, i) \
+             JOIN pg_publication p ON p.pubname = $1 AND NOT p.puballtables \
+             WHERE to_regclass(n) IS NOT NULL AND NOT EXISTS ( \
+               SELECT 1 FROM pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid = to_regclass(n))",
+            &[&publication, &names],
+        )
+        .await
+        .map_err(sql("looking up the publication's tables"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let i: i32 = row
+            .try_get(0)
+            .map_err(sql("looking up the publication's tables"))?;
+        if let Some(t) = usize::try_from(i - 1).ok().and_then(|i| tables.get(i)) {
+            out.push(t.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Creates the publication FOR TABLE `tables`, or makes its table list exactly `tables`.
 pub async fn sync_publication(
     client: &Client,
