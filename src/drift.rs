@@ -157,6 +157,8 @@ pub struct Checker {
     seen_published: HashMap<u32, Lsn>,
     /// Problems reported and not yet gone, so each is logged once.
     reported: HashSet<String>,
+    /// Published tables no trigger names, already reported.
+    extra: HashSet<String>,
 }
 
 /// Compares `binding` with the catalog once: reports what drifted, repairs the publication
@@ -261,6 +263,29 @@ pub async fn check(
                     quote_ident(publication)
                 ),
             )),
+        }
+    }
+    // Published tables no trigger names cost decoding work but lose nothing: a warning.
+    let extra = client
+        .query(
+            "SELECT format('%I.%I', t.schemaname, t.tablename) FROM pg_publication_tables t \
+             WHERE t.pubname = $1 AND NOT (format('%I.%I', t.schemaname, t.tablename))::regclass::oid \
+                   = ANY($2::oid[]) \
+               AND NOT EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = $1 AND p.puballtables)",
+            &[&publication, &oids],
+        )
+        .await
+        .map_err(sql_err("listing the publication's tables"))?;
+    for row in extra {
+        let table: String = row.try_get(0).map_err(sql_err("reading the catalog"))?;
+        if checker.extra.insert(table.clone()) {
+            metrics::counter!("walhook_drift_total", "kind" => "extra").increment(1);
+            tracing::warn!(
+                drift = "extra",
+                "drift: publication {publication:?} publishes {table}, which no trigger names \
+                 (its changes are decoded and dropped; walhook removes it at its next start \
+                 where it owns the publication)"
+            );
         }
     }
     let keys: HashSet<String> = open.iter().map(|(_, m)| m.clone()).collect();

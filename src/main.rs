@@ -77,6 +77,11 @@ enum Command {
         /// start a new slot at the current WAL position. Changes in between are not delivered.
         #[arg(long)]
         new_slot: bool,
+        /// Accept that changes were written while the publication did not exist (it was
+        /// dropped and created again): move the slot to the first position from which
+        /// decoding works, and print the range skipped.
+        #[arg(long, conflicts_with = "new_slot")]
+        skip_unpublished: bool,
     },
     /// Drop the slot and the publication (stop walhook first: the slot's position is lost).
     Teardown(ConfigArg),
@@ -290,10 +295,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Setup {
             config: arg,
             new_slot,
+            skip_unpublished,
         } => {
             let config = load_config(&arg)?;
             let router = walhook::triggers::Router::new(&config.triggers);
             let mut client = sql_client(&config).await?;
+            if skip_unpublished {
+                let (slot, publication) = (&config.source.slot, &config.source.publication);
+                match store::slot::skip_unpublished(&client, slot, publication).await? {
+                    Some(s) => println!(
+                        "slot {slot:?}: moved from {} to {}; changes committed in between were \
+                         written while publication {publication:?} did not exist and are not \
+                         delivered (deliver them from the tables themselves)",
+                        s.from, s.to
+                    ),
+                    None => {
+                        println!("slot {slot:?}: decoding works from its position; nothing skipped")
+                    }
+                }
+            }
             // Accepting a lost slot comes first: the preflight refuses one.
             let accepted = if new_slot {
                 let new = store::slot::start_new(&mut client, &config.source.slot).await?;

@@ -51,6 +51,22 @@ pub enum RunError {
     /// Delivery could not start.
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
+    /// Decoding met changes written while the publication did not exist (it was dropped and
+    /// created again): pgoutput fails on them for ever.
+    #[error(
+        "publication {publication:?} did not exist when changes after {since} were written (it \
+         was dropped and created again while walhook streamed): pgoutput cannot decode past \
+         them, and they were never published. To accept that gap, stop walhook and run \
+         `walhook setup --skip-unpublished`: it finds the first position from which decoding \
+         works, moves the slot there and prints the range of commit positions skipped (deliver \
+         the rows changed in it from the tables themselves)"
+    )]
+    Unpublished {
+        /// The publication.
+        publication: String,
+        /// The slot's confirmed position (the gap starts after it).
+        since: crate::lsn::Lsn,
+    },
     /// The source failed for a reason that retrying does not fix.
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -167,6 +183,16 @@ pub async fn run(
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
+            Err(e) if unpublished(&e) => {
+                let since = current.lock().await.progress.confirmed();
+                break (
+                    Err(RunError::Unpublished {
+                        publication: config.source.publication.clone(),
+                        since,
+                    }),
+                    None,
+                );
+            }
             Err(e) => break (Err(e.into()), None),
         }
     };
@@ -242,6 +268,12 @@ async fn apply_acks(mut acks: mpsc::UnboundedReceiver<Ack>, current: Arc<Mutex<C
         }
         cur.publish(&in_flight);
     }
+}
+
+/// The server says the publication does not exist, as of a change being decoded.
+fn unpublished(e: &SourceError) -> bool {
+    matches!(e, SourceError::Connect(c) if c.code() == Some("42704"))
+        && e.to_string().contains("publication")
 }
 
 /// The slot is streaming to another session (55006 object_in_use): wait as a standby.

@@ -58,7 +58,10 @@ fn postgres_restarts_of_every_mode_during_a_backlog_lose_nothing() {
             .lines()
             .map(|l| l.parse().unwrap())
             .collect();
-        assert_eq!(rows.len(), expected);
+        // With the test clusters' asynchronous commit, `-m immediate` may lose the last
+        // commits: every row that exists must arrive.
+        assert!(rows.len() <= expected && rows.len() + 1000 >= expected);
+        expected = rows.len();
         rx.wait_until(
             Duration::from_secs(60),
             &format!("every row after a {mode} restart"),
@@ -460,7 +463,10 @@ fn a_renamed_table_keeps_firing_its_trigger() {
 
 #[test]
 fn a_table_dropped_from_the_publication_is_reported_added_back_and_the_gap_named() {
-    let (pg, db, rx, dir) = scenario(&[], "CREATE TABLE items (id int PRIMARY KEY)");
+    let (pg, db, rx, dir) = scenario(
+        &[],
+        "CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)",
+    );
     let triggers = trigger_toml("items", "items", &rx.url("/items"), &[]);
     let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
     let walhook = Walhook::streaming(&config);
@@ -469,6 +475,7 @@ fn a_table_dropped_from_the_publication_is_reported_added_back_and_the_gap_named
         delivered_rows(r).contains(&1)
     });
     pg.psql(&db, "ALTER PUBLICATION walhook DROP TABLE items");
+    pg.psql(&db, "ALTER PUBLICATION walhook ADD TABLE other");
     pg.psql(&db, "INSERT INTO items VALUES (2)"); // not captured: the publication lacks it
     walhook.wait_log(
         "had been removed from publication",
@@ -499,6 +506,11 @@ fn a_table_dropped_from_the_publication_is_reported_added_back_and_the_gap_named
         delivered_rows(r).contains(&3)
     });
     assert!(walhook.log_count("drift:") >= 1);
+    walhook.wait_log(
+        "publishes public.other, which no trigger names",
+        1,
+        Duration::from_secs(15),
+    );
 
     // While walhook is stopped: status says so, and the next start says so before adding it.
     drop(walhook);
@@ -541,4 +553,71 @@ fn a_swap_migration_is_reported_and_a_restart_follows_the_new_table() {
     rx.wait_until(Duration::from_secs(20), "row 2 of the new table", |r| {
         rows_of_table(r, "items").contains(&2)
     });
+}
+
+// ================================================================ 4b. publication recreated
+
+#[test]
+fn a_publication_dropped_and_recreated_stops_walhook_with_a_fix_that_works() {
+    let (pg, db, rx, dir) = scenario(&[], "CREATE TABLE items (id int PRIMARY KEY)");
+    let triggers = trigger_toml("items", "items", &rx.url("/items"), &[]);
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    let config_arg = config.to_str().unwrap();
+    let mut walhook = Walhook::streaming(&config);
+    pg.psql(&db, "INSERT INTO items VALUES (1)");
+    rx.wait_until(Duration::from_secs(20), "row 1", |r| {
+        delivered_rows(r).contains(&1)
+    });
+    pg.psql(&db, "DROP PUBLICATION walhook");
+    pg.psql(&db, "INSERT INTO items VALUES (2)"); // written while there is no publication
+    pg.psql(&db, "CREATE PUBLICATION walhook FOR TABLE items");
+    pg.psql(&db, "INSERT INTO items VALUES (3)");
+    if pg.major() >= 18 {
+        // PostgreSQL 18 decodes past such changes itself, with a warning: walhook keeps
+        // going and reports the loss as drift.
+        let reqs = rx.wait_until(Duration::from_secs(20), "row 3", |r| {
+            delivered_rows(r).contains(&3)
+        });
+        assert!(!delivered_rows(&reqs).contains(&2));
+        walhook.wait_log(
+            "drift: postgres: skipped loading publication",
+            1,
+            Duration::from_secs(5),
+        );
+        assert!(walhook.is_running());
+        return;
+    }
+    let status = walhook.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1));
+    let log = walhook.log_text();
+    assert!(log.contains("walhook setup --skip-unpublished"), "{log}");
+    assert!(log.contains("did not exist when changes after"), "{log}");
+
+    // The suggested fix works: the slot moves past the unpublished change, and no further.
+    let (code, out, err) =
+        support::daemon::walhook(&["setup", "--skip-unpublished", "--config", config_arg]);
+    assert!(code.success(), "{out}{err}");
+    assert!(
+        out.contains("moved from") && out.contains("not delivered"),
+        "{out}"
+    );
+    let (_, again, _) =
+        support::daemon::walhook(&["setup", "--skip-unpublished", "--config", config_arg]);
+    assert!(again.contains("nothing skipped"), "{again}");
+    let _walhook = Walhook::streaming(&config);
+    pg.psql(&db, "INSERT INTO items VALUES (4)");
+    let reqs = rx.wait_until(Duration::from_secs(20), "rows 3 and 4", |r| {
+        let rows = delivered_rows(r);
+        rows.contains(&3) && rows.contains(&4)
+    });
+    assert!(
+        !delivered_rows(&reqs).contains(&2),
+        "row 2 was never published"
+    );
+    assert_eq!(
+        reqs.iter()
+            .filter(|r| r.json()["record"]["id"] == 1)
+            .count(),
+        1
+    );
 }

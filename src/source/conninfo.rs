@@ -762,7 +762,15 @@ where
                 ),
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::error!(target_db = %target, error = %e, "SQL connection failed");
+                    let why = crate::source::connection::describe_sql_error(&e);
+                    // The server ending the session (shutdown, pg_terminate_backend) is
+                    // routine; whoever uses the connection next reconnects and says so.
+                    match e.code().map(|c| c.code()) {
+                        Some("57P01" | "57P02" | "57P03") => {
+                            tracing::info!(target_db = %target, "the server ended a SQL session: {why}")
+                        }
+                        _ => tracing::error!(target_db = %target, "SQL connection failed: {why}"),
+                    }
                     return;
                 }
             }

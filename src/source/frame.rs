@@ -188,6 +188,19 @@ pub(super) fn log_notice(body: &[u8]) {
 /// NOTICE, INFO, LOG and DEBUG (`… does not exist, skipping` and the like, whose outcome
 /// walhook reports in its own words) at debug level.
 pub(crate) fn log_server_notice(severity: &str, code: &str, message: &str, detail: &str) {
+    // PostgreSQL 18 decodes past changes written while the publication did not exist (it was
+    // dropped and created again) and only warns: those changes are gone from the stream.
+    if message.starts_with("skipped loading publication") {
+        metrics::counter!("walhook_drift_total", "kind" => "publication").increment(1);
+        tracing::error!(
+            code,
+            detail,
+            "drift: postgres: {message}: changes written while the publication did not exist \
+             (it was dropped and created again) are skipped by the server and not delivered; \
+             deliver the rows changed in that time from the tables themselves"
+        );
+        return;
+    }
     if severity == "WARNING" {
         tracing::warn!(code, detail, "postgres: {message}");
     } else {

@@ -236,3 +236,121 @@ pub async fn start_new(client: &mut Client, slot: &str) -> Result<NewSlot, SlotE
     record_state(client, slot, &state).await?;
     Ok(NewSlot { lost_since, state })
 }
+
+/// What `walhook setup --skip-unpublished` did: decoding failed from `from` because changes
+/// were written while the publication did not exist; the slot now starts at `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    /// The slot's confirmed position before.
+    pub from: Lsn,
+    /// Its position now: the first from which decoding works.
+    pub to: Lsn,
+}
+
+/// Finds the first position at or after the slot's confirmed one from which pgoutput can
+/// decode with `publication` (changes written while the publication did not exist fail with
+/// "publication does not exist" for ever), moves the slot there, and records it. `None` when
+/// decoding already works from the confirmed position. The slot must not be in use.
+///
+/// Each probe decodes from a temporary copy of the slot up to the flushed position, so the
+/// slot itself only moves once, to the answer; probes bisect the WAL between the confirmed
+/// and the flushed position (whether decoding from X works is monotonic in X: it fails while
+/// an unpublished change lies ahead). Each probe decodes the rest of the WAL, so on a large
+/// backlog this takes a while; it runs once, by hand.
+pub async fn skip_unpublished(
+    client: &Client,
+    slot: &str,
+    publication: &str,
+) -> Result<Option<Skipped>, SlotError> {
+    let state = setup::slot_state(client, slot)
+        .await?
+        .ok_or_else(|| SetupError::NoSlot(slot.to_owned()))?;
+    let from = state.confirmed_flush;
+    let end: String = client
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(sql("reading the WAL position"))?;
+    let end: Lsn = end.parse().map_err(|_| SetupError::BadLsn {
+        what: "pg_current_wal_flush_lsn()",
+        value: end.clone(),
+    })?;
+    if probe(client, slot, publication, from, end).await? {
+        return Ok(None);
+    }
+    if !probe(client, slot, publication, end, end).await? {
+        return Err(SetupError::NoPublication(publication.to_owned()).into());
+    }
+    let (mut bad, mut good) = (from.0, end.0);
+    while good - bad > 1 {
+        let mid = bad + (good - bad) / 2;
+        if probe(client, slot, publication, Lsn(mid), end).await? {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    let to = Lsn(good);
+    client
+        .execute(
+            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&slot, &to.to_string()],
+        )
+        .await
+        .map_err(sql("moving the slot"))?;
+    advance(client, slot, to).await?;
+    Ok(Some(Skipped { from, to }))
+}
+
+/// Whether pgoutput decodes the slot's changes from `at` up to `end` without an error.
+async fn probe(
+    client: &Client,
+    slot: &str,
+    publication: &str,
+    at: Lsn,
+    end: Lsn,
+) -> Result<bool, SlotError> {
+    let probe = format!("walhook_probe_{}", std::process::id());
+    client
+        .execute(
+            "SELECT pg_copy_logical_replication_slot($1, $2, true)",
+            &[&slot, &probe],
+        )
+        .await
+        .map_err(sql("copying the slot to probe it"))?;
+    let decoded = async {
+        client
+            .execute(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                &[&probe, &at.to_string()],
+            )
+            .await?;
+        client
+            .execute(
+                "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, $3::text::pg_lsn, \
+                 NULL, 'proto_version', '1', 'publication_names', $2)",
+                &[
+                    &probe,
+                    &crate::source::setup::quote_ident(publication),
+                    &end.to_string(),
+                ],
+            )
+            .await
+    }
+    .await;
+    client
+        // An error in the probe already dropped it (temporary slots go with an error).
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&probe],
+        )
+        .await
+        .map_err(sql("dropping the probe slot"))?;
+    match decoded {
+        Ok(_) => Ok(true),
+        // undefined_object: "publication … does not exist" as of a change ahead
+        Err(e) if e.code().map(|c| c.code()) == Some("42704") => Ok(false),
+        Err(e) => Err(sql("probing the slot")(e).into()),
+    }
+}
