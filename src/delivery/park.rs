@@ -179,13 +179,7 @@ pub(super) async fn store(
             Err(e) => {
                 attempt = attempt.saturating_add(1);
                 report(shared, &e);
-                let wait = retry::delay(
-                    Duration::from_millis(200),
-                    Duration::from_secs(10),
-                    attempt,
-                    Hint::None,
-                    fastrand::f64(),
-                );
+                let wait = store_retry(attempt);
                 if shared.warn_throttle.allow().is_some() {
                     tracing::error!(
                         trigger = %shared.name,
@@ -220,6 +214,18 @@ pub(super) async fn store(
         }
     }
     Stored::Yes
+}
+
+/// The wait before writing to the park table again after `attempt` failures: short, since
+/// the slot waits meanwhile, up to 10 s.
+fn store_retry(attempt: u32) -> Duration {
+    retry::delay(
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+        attempt,
+        Hint::None,
+        fastrand::f64(),
+    )
 }
 
 /// Passes on that the database is shutting down.
@@ -474,13 +480,7 @@ where
                 if shared.warn_throttle.allow().is_some() {
                     tracing::error!(trigger = %shared.name, "cannot update walhook.parked: {e}; retrying");
                 }
-                let wait = retry::delay(
-                    Duration::from_millis(200),
-                    Duration::from_secs(10),
-                    attempt,
-                    Hint::None,
-                    fastrand::f64(),
-                );
+                let wait = store_retry(attempt);
                 tokio::select! {
                     biased;
                     () = lane::stopped(stop) => return Err(Round::Stopped),
