@@ -8,7 +8,8 @@
 //! - Order: a lane sends its jobs strictly in submit order and retries the head until it is
 //!   delivered, so jobs with the same `order_key` arrive in order while lanes run in parallel.
 //! - At-least-once: `acks` gets the job's [`Ack`] once per job, only after a 2xx for the request that
-//!   carried it. A failing target holds its jobs and retries forever (parking comes later).
+//!   carried it, or once the job is stored in `walhook.parked` ([`Dispatcher::start_parking`]:
+//!   see `park`). Without a park store a failing target holds its jobs and retries forever.
 //! - Back-pressure: each lane queue holds at most `max(256, 4 × batch)` jobs and each target at
 //!   most [`TARGET_QUEUE_BYTES`] of bodies; `submit` waits while either is full.
 //! - Batches (`batch > 1`): a lane takes what is queued, up to `batch`, without waiting, and
@@ -21,9 +22,10 @@
 //!   offered (ALPN `http/1.1` only).
 //! - Outcomes ([`outcome`]): 2xx delivered; 3xx (never followed), 408, 429, 5xx and transport
 //!   errors retried with full-jitter backoff ([`retry`]) honouring `Retry-After`; other 4xx
-//!   retried the same way. `on_4xx = "dead"` is not possible yet (no dead-letter table): it
-//!   logs an error once per request and retries. 410 Gone pauses the target: fresh requests
-//!   wait up to `retry.max`, failing ones retry every `retry.max`, until a 2xx resumes it.
+//!   retried the same way, or stored dead under `on_4xx = "dead"` (without a park store: an
+//!   error once per request, and retried). 410 Gone pauses the target: fresh requests wait up
+//!   to `retry.max` (`park_after` with parking), failing ones retry every `retry.max`, until a
+//!   2xx resumes it.
 //! - Metrics (register the recorder before [`Dispatcher::start`]; handles are made there):
 //!   `walhook_deliveries_total{trigger,outcome}` counts events per attempt outcome,
 //!   `walhook_delivery_seconds{trigger}` times each request, `walhook_queue_depth{trigger}`
