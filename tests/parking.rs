@@ -357,7 +357,7 @@ fn a_park_table_that_cannot_be_written_keeps_the_events_pending() {
 }
 
 #[test]
-fn a_fast_shutdown_of_postgres_while_the_target_is_down_is_not_held_up() {
+fn a_fast_or_smart_shutdown_of_postgres_while_the_target_is_down_is_not_held_up() {
     let (mut pg, db) = Cluster::with_app_db("CREATE TABLE t (id int PRIMARY KEY)");
     let rx = Receiver::start();
     let dir = tempdir();
@@ -367,26 +367,88 @@ fn a_fast_shutdown_of_postgres_while_the_target_is_down_is_not_held_up() {
     let triggers = trigger_toml("t", "t", &rx.url("/t"), &[]);
     let config = write_config(dir.path(), &pg.url(&db), defaults, &triggers);
     let mut daemon = Walhook::streaming(&config);
-    pg.psql(&db, "INSERT INTO t SELECT g FROM generate_series(1, 100) g");
-    rx.wait_until(Duration::from_secs(10), "the first attempts", |r| {
-        !r.is_empty()
-    });
-    let started = Instant::now();
-    pg.stop_with("fast");
-    let took = started.elapsed();
-    eprintln!("pg_ctl stop -m fast took {took:?} with park_after = 3s");
-    assert!(
-        took < Duration::from_secs(3 + 8),
-        "pg_ctl stop -m fast took {took:?} (park_after is 3 s)"
-    );
-    pg.boot();
+    for (round, mode) in ["fast", "smart"].into_iter().enumerate() {
+        let base = round as i64 * 100;
+        pg.psql(
+            &db,
+            &format!(
+                "INSERT INTO t SELECT g FROM generate_series({}, {}) g",
+                base + 1,
+                base + 100
+            ),
+        );
+        let attempts = rx.requests().len();
+        rx.wait_until(Duration::from_secs(10), "attempts of the new rows", |r| {
+            r.len() > attempts
+        });
+        let started = Instant::now();
+        pg.stop_with(mode);
+        let took = started.elapsed();
+        eprintln!("pg_ctl stop -m {mode} took {took:?} with park_after = 3s");
+        assert!(
+            took < Duration::from_secs(3 + 8),
+            "pg_ctl stop -m {mode} took {took:?} (park_after is 3 s)"
+        );
+        pg.boot();
+        daemon.wait_log("streaming slot=", round + 2, Duration::from_secs(60));
+    }
     rx.set_status(200);
     rx.wait_until(
         Duration::from_secs(60),
-        "every row after the restart",
-        |r| delivered_rows(r).len() == 100,
+        "every row after the restarts",
+        |r| delivered_rows(r).len() == 200,
     );
     assert!(daemon.is_running());
+}
+
+#[test]
+fn batches_are_parked_and_unparked_as_batches() {
+    let (pg, db) = Cluster::with_app_db("CREATE TABLE t (id int PRIMARY KEY, n int)");
+    let rx = Receiver::start();
+    let dir = tempdir();
+    rx.set_status(503);
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), &["batch = 10", "concurrency = 2"]);
+    let config = write_config(dir.path(), &pg.url(&db), PARK, &triggers);
+    let daemon = Walhook::streaming(&config);
+    pg.psql(
+        &db,
+        "INSERT INTO t SELECT g, 0 FROM generate_series(1, 200) g",
+    );
+    pg.psql(&db, "UPDATE t SET n = 1");
+    wait_parked(&pg, &db, "t", "pending", 400, Duration::from_secs(30));
+    rx.set_status(200);
+    let reqs = rx.wait_until(Duration::from_secs(30), "every event", |r| {
+        r.iter()
+            .filter(|r| r.ok())
+            .map(|r| r.json()["events"].as_array().map_or(0, Vec::len))
+            .sum::<usize>()
+            >= 400
+    });
+    // Batches of up to 10, each row's create before its update.
+    let mut seen: HashMap<i64, Vec<String>> = HashMap::new();
+    for r in reqs.iter().filter(|r| r.ok()) {
+        let events = r.json()["events"].as_array().unwrap().clone();
+        assert!(!events.is_empty() && events.len() <= 10, "{}", events.len());
+        for e in events {
+            seen.entry(e["record"]["id"].as_i64().unwrap())
+                .or_default()
+                .push(e["type"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(seen.len(), 200);
+    for (row, types) in &seen {
+        assert_eq!(
+            types.first().map(String::as_str),
+            Some("create"),
+            "row {row}: {types:?}"
+        );
+        assert_eq!(
+            types.last().map(String::as_str),
+            Some("update"),
+            "row {row}: {types:?}"
+        );
+    }
+    drop(daemon);
 }
 
 #[test]
