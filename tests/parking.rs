@@ -487,3 +487,35 @@ fn park_url_keeps_parked_events_in_another_database() {
     });
     drop(daemon);
 }
+
+#[test]
+fn a_standby_does_not_unpark_and_takes_the_parked_events_over() {
+    let (pg, db) = Cluster::with_app_db("CREATE TABLE t (id int PRIMARY KEY)");
+    let rx = Receiver::start();
+    let dir = tempdir();
+    rx.set_status(503);
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), &[]);
+    let config = write_config(dir.path(), &pg.url(&db), PARK, &triggers);
+    let active = Walhook::streaming(&config);
+    let standby = Walhook::start(&config);
+    standby.wait_log("waiting as a standby", 1, Duration::from_secs(20));
+    pg.psql(&db, "INSERT INTO t SELECT g FROM generate_series(1, 30) g");
+    wait_parked(&pg, &db, "t", "pending", 30, Duration::from_secs(30));
+    // The standby sends nothing: every request so far is the active one's (each parked row
+    // was attempted by it, or by its unparker); stopping it, no more arrive until takeover.
+    active.kill9();
+    let before = rx.requests().len();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(rx.requests().len(), before, "a standby sent requests");
+    rx.set_status(200);
+    standby.wait_log("streaming slot=", 1, Duration::from_secs(30));
+    standby.wait_log(
+        "walhook.parked holds pending events",
+        1,
+        Duration::from_secs(10),
+    );
+    rx.wait_until(Duration::from_secs(30), "every parked row", |r| {
+        delivered_rows(r).len() == 30
+    });
+    wait_parked(&pg, &db, "t", "pending", 0, Duration::from_secs(10));
+}
