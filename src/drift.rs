@@ -188,9 +188,8 @@ pub async fn check(
             "SELECT b.oid, \
                     (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
                        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = b.oid), \
-                    EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = $3 AND \
-                              (p.puballtables OR EXISTS (SELECT 1 FROM pg_publication_rel r \
-                                 WHERE r.prpubid = p.oid AND r.prrelid = b.oid))), \
+                    EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = $3 \
+                              AND format('%I.%I', t.schemaname, t.tablename)::regclass = b.oid), \
                     to_regclass(b.name)::oid \
              FROM unnest($1::oid[], $2::text[]) AS b(oid, name)",
             &[&oids, &names, &publication],

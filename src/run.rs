@@ -336,7 +336,10 @@ async fn stream_once(
         s = setup => s?,
         _ = &mut stop => return Ok(None),
     };
-    // Rows parked by an earlier process keep their keys' new events behind them.
+    // The new session sends again everything queued from an earlier one.
+    ctx.dispatcher.discard_queued();
+    // What walhook.parked holds now (parked by an earlier process, or by another instance
+    // while this one was a standby) keeps those keys' new events behind it.
     ctx.dispatcher.load_parked().await?;
     // Only a shutdown of the source database is waiting for this session to confirm.
     let db_down = match ctx.config.park {
@@ -345,8 +348,6 @@ async fn stream_once(
     };
     // A notice left over from before this session (the database has restarted since).
     let _ = tokio::time::timeout(Duration::ZERO, db_down.notified()).await;
-    // The new session sends again everything queued from an earlier one.
-    ctx.dispatcher.discard_queued();
     ctx.dispatcher
         .fence()
         .open(Fence::bound_for(wal_sender_timeout));

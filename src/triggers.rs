@@ -211,7 +211,7 @@ impl Router {
                     continue;
                 }
             }
-            out.push(self.routed(i, t, change));
+            out.push(self.routed(i, t, (schema, table), change));
         }
         out
     }
@@ -288,24 +288,30 @@ impl Router {
     /// also the ordering key stored with parked events (`walhook.parked.order_key`), so it is
     /// a hash fixed by this code, not std's `DefaultHasher` (which may change between Rust
     /// releases and would then split a row's parked events from its live ones).
-    fn order_key(&self, ordering: Ordering, change: &Change) -> u64 {
+    /// `schema.table` is the configured name (the same before and after a rename, so a
+    /// renamed row's events stay behind its earlier ones).
+    fn order_key(&self, ordering: Ordering, schema: &str, table: &str, change: &Change) -> u64 {
         match (ordering, &change.key) {
             (Ordering::None, _) => self.unordered.fetch_add(1, AtomicOrdering::Relaxed),
-            (Ordering::Row, Some(key)) => stable_hash(&[
-                change.schema.as_bytes(),
-                change.table.as_bytes(),
-                key.as_bytes(),
-            ]),
+            (Ordering::Row, Some(key)) => {
+                stable_hash(&[schema.as_bytes(), table.as_bytes(), key.as_bytes()])
+            }
             // A table without a key has no row identity: keep the table's order.
             (Ordering::Row, None) | (Ordering::Table, _) => {
-                stable_hash(&[change.schema.as_bytes(), change.table.as_bytes()])
+                stable_hash(&[schema.as_bytes(), table.as_bytes()])
             }
         }
     }
 
-    fn routed(&self, index: TriggerId, t: &Compiled, change: &Change) -> Routed {
+    fn routed(
+        &self,
+        index: TriggerId,
+        t: &Compiled,
+        (schema, table): (&str, &str),
+        change: &Change,
+    ) -> Routed {
         let name = Some(t.name.as_str());
-        let order_key = self.order_key(t.ordering, change);
+        let order_key = self.order_key(t.ordering, schema, table, change);
         let event_body = |event: Event<'_>| Routed {
             trigger: index,
             id: event.id.clone(),

@@ -75,9 +75,10 @@ pub(super) struct Shared {
 /// start) to the next 2xx, over all its lanes.
 #[derive(Default)]
 pub(super) struct Failing {
+    /// Whether an episode is open: read without the lock on every 2xx (the common case).
     active: AtomicBool,
-    attempts: AtomicU64,
-    since: std::sync::Mutex<Option<Instant>>,
+    /// The episode: when it began, and its failed attempts. `active` changes only under it.
+    episode: std::sync::Mutex<Option<(Instant, u64)>>,
     last_error: std::sync::Mutex<String>,
     /// Set when the episode first parks events (for the one "parking" log line).
     pub parking: AtomicBool,
@@ -89,7 +90,10 @@ impl Failing {
         if !self.active.load(AtomicOrdering::Acquire) {
             return None;
         }
-        self.since.lock().ok().and_then(|s| s.map(|t| t.elapsed()))
+        self.episode
+            .lock()
+            .ok()
+            .and_then(|e| e.map(|(since, _)| since.elapsed()))
     }
 
     /// The last failed attempt's cause.
@@ -105,13 +109,16 @@ impl Failing {
         if let Ok(mut last) = self.last_error.lock() {
             *last = what.to_string();
         }
-        self.attempts.fetch_add(1, AtomicOrdering::Relaxed);
-        if self.active.swap(true, AtomicOrdering::AcqRel) {
+        let Ok(mut episode) = self.episode.lock() else {
+            return;
+        };
+        if let Some((_, attempts)) = episode.as_mut() {
+            *attempts += 1;
             return;
         }
-        if let Ok(mut since) = self.since.lock() {
-            *since = Some(Instant::now());
-        }
+        *episode = Some((Instant::now(), 1));
+        self.active.store(true, AtomicOrdering::Release);
+        drop(episode);
         tracing::warn!(
             trigger = %target,
             "target is failing ({what}); retrying with backoff, and saying so when it recovers"
@@ -120,24 +127,21 @@ impl Failing {
 
     /// Ends the episode on a 2xx; logs how long it lasted and how many attempts failed.
     pub fn delivered(&self, target: &str) {
-        if !self.active.swap(false, AtomicOrdering::AcqRel) {
+        if !self.active.load(AtomicOrdering::Acquire) {
             return;
         }
+        let Some((since, attempts)) = self.episode.lock().ok().and_then(|mut e| {
+            self.active.store(false, AtomicOrdering::Release);
+            e.take()
+        }) else {
+            return;
+        };
         self.parking.store(false, AtomicOrdering::Release);
-        let attempts = self.attempts.swap(0, AtomicOrdering::AcqRel);
-        let lasted = self
-            .since
-            .lock()
-            .ok()
-            .and_then(|mut s| s.take())
-            .map(|t| t.elapsed());
         tracing::info!(
             trigger = %target,
             failed_attempts = attempts,
             "target recovered after {} and {attempts} failed attempt(s)",
-            lasted.map_or_else(|| "a while".to_owned(), |d| humantime::format_duration(
-                Duration::from_millis(d.as_millis() as u64)
-            ).to_string())
+            humantime::format_duration(Duration::from_millis(since.elapsed().as_millis() as u64))
         );
     }
 }
@@ -311,34 +315,54 @@ fn top_up(rx: &mut mpsc::Receiver<Queued>, pending: &mut VecDeque<Queued>, take:
 /// whether the lane must stop. Jobs that could not be stored are never acked.
 async fn park_and_ack(
     shared: &Shared,
-    jobs: Vec<(Queued, bool)>,
+    mut jobs: Vec<(Queued, bool)>,
     state: State,
     failure: &Failure,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
-    let stored = park::store(shared, &jobs, state, failure, stop).await;
-    let queued: Vec<Queued> = jobs
-        .into_iter()
-        .map(|(q, claimed)| {
-            if claimed && stored != Stored::Yes {
-                shared.parked.release(q.job.order_key);
-            }
-            q
-        })
-        .collect();
-    shared.release(&queued);
-    match stored {
-        Stored::Yes => {
-            for q in &queued {
-                let _ = shared.acks.send(q.job.txn);
-            }
-            if state == State::Pending {
-                shared.unpark.notify_one();
-            }
-            false
+    loop {
+        // Jobs of an earlier session are dropped (the new one sends them again); the rest
+        // are stored.
+        let current = shared.epoch.load(AtomicOrdering::Acquire);
+        let (old, rest): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(q, _)| q.epoch < current);
+        jobs = rest;
+        let old: Vec<Queued> = old
+            .into_iter()
+            .map(|(q, claimed)| {
+                if claimed {
+                    shared.parked.release(q.job.order_key);
+                }
+                q
+            })
+            .collect();
+        shared.release(&old);
+        if jobs.is_empty() {
+            return false;
         }
-        Stored::Discarded => false,
-        Stored::Stopped => true,
+        let stored = park::store(shared, &mut jobs, state, failure, stop).await;
+        if stored == Stored::Discarded {
+            continue; // some were discarded meanwhile: drop those, store the others
+        }
+        let queued: Vec<Queued> = jobs
+            .into_iter()
+            .map(|(q, claimed)| {
+                if claimed && stored != Stored::Yes {
+                    shared.parked.release(q.job.order_key);
+                }
+                q
+            })
+            .collect();
+        shared.release(&queued);
+        if stored == Stored::Stopped {
+            return true;
+        }
+        for q in &queued {
+            let _ = shared.acks.send(q.job.txn);
+        }
+        if state == State::Pending {
+            shared.unpark.notify_one();
+        }
+        return false;
     }
 }
 
@@ -393,9 +417,13 @@ impl Shared {
         self.metrics.depth.decrement(jobs.len() as f64);
     }
 
-    /// Whether failing events may be parked (a park store whose table exists).
+    /// Whether failing events may be parked: a park store whose table exists, and the fence
+    /// open (between sessions, or after a pause, another instance may own these events; the
+    /// next session reads the table before lanes claim keys again).
     pub fn can_park(&self) -> bool {
-        self.park.is_some() && self.park_ready.load(AtomicOrdering::Acquire)
+        self.park.is_some()
+            && self.park_ready.load(AtomicOrdering::Acquire)
+            && self.fence.may_send()
     }
 
     /// Whether the whole target has failed for `park_after`: every job is parked at once.
@@ -424,13 +452,25 @@ impl Shared {
 
     /// Counts one attempt of `events` events (metrics, activity, the failing episode).
     pub fn record(&self, result: &Attempt, events: u64, took: Duration) {
+        self.record_attempt(result, events, took, true);
+    }
+
+    /// [`Shared::record`]; a final 4xx counts towards the target's failing episode only when
+    /// `rejected_fails` (an unparked event's 4xx says nothing about the target as a whole).
+    pub fn record_attempt(
+        &self,
+        result: &Attempt,
+        events: u64,
+        took: Duration,
+        rejected_fails: bool,
+    ) {
         self.metrics.seconds.record(took);
         self.metrics.outcomes[result.verdict.index()].increment(events);
         crate::server::ACTIVITY.request(result.verdict == Verdict::Delivered, events);
-        if result.verdict == Verdict::Delivered {
-            self.failing.delivered(&self.name);
-        } else {
-            self.failing.failed(&self.name, &describe(result));
+        match result.verdict {
+            Verdict::Delivered => self.failing.delivered(&self.name),
+            Verdict::Rejected if !rejected_fails => {}
+            _ => self.failing.failed(&self.name, &describe(result)),
         }
     }
 }

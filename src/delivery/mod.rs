@@ -130,7 +130,7 @@ pub struct Dispatcher {
     park: Option<Arc<ParkStore>>,
     /// Told when the park table's database refuses walhook because it is shutting down.
     db_down: Arc<Notify>,
-    /// Whether the parked keys were read from the table (once per process).
+    /// Whether "parking is off" was said already (once per process).
     loaded: AtomicBool,
     /// Whether `walhook.parked` exists, so lanes may park.
     park_ready: Arc<AtomicBool>,
@@ -273,28 +273,28 @@ impl Dispatcher {
     }
 
     /// Reads which ordering keys have pending parked events, so their new events are parked
-    /// behind them. Needed once per process, before the first job is submitted; later calls
-    /// do nothing.
+    /// behind them. Called at the start of every session, before its first job is submitted
+    /// (while the fence is closed, so no lane claims a key meanwhile): the table is the truth,
+    /// and another instance may have parked or delivered rows while this one was a standby.
     pub async fn load_parked(&self) -> Result<(), ParkError> {
         let Some(store) = &self.park else {
             return Ok(());
         };
-        if self.loaded.load(AtomicOrdering::Acquire) {
-            return Ok(());
-        }
         // A separate park database is migrated here (the source one was, with the slot).
         match store.migrate().await {
             Ok(()) | Err(ParkError::Store(crate::store::StoreError::Privilege { .. })) => {}
             Err(e) => return Err(e),
         }
         if !store.table_exists().await? {
-            tracing::warn!(
-                "walhook.parked does not exist and this role may not create it, so parking is \
-                 off: a target that keeps failing holds its events and the slot (the server \
-                 keeps WAL) until it answers; {}",
-                crate::store::SCHEMA_ADVICE
-            );
-            self.loaded.store(true, AtomicOrdering::Release);
+            if !self.loaded.swap(true, AtomicOrdering::AcqRel) {
+                tracing::warn!(
+                    "walhook.parked does not exist and this role may not create it, so parking \
+                     is off: a target that keeps failing holds its events and the slot (the \
+                     server keeps WAL) until it answers; {}",
+                    crate::store::SCHEMA_ADVICE
+                );
+            }
+            self.park_ready.store(false, AtomicOrdering::Release);
             return Ok(());
         }
         for t in &self.targets {
@@ -311,7 +311,6 @@ impl Dispatcher {
             t.shared.parked.load(keys);
         }
         self.park_ready.store(true, AtomicOrdering::Release);
-        self.loaded.store(true, AtomicOrdering::Release);
         Ok(())
     }
 

@@ -147,10 +147,13 @@ pub(super) enum Stored {
     Stopped,
 }
 
-/// Writes `jobs` to the park table in one transaction, retrying until it succeeds.
+/// Writes `jobs` to the park table in one transaction, retrying until it succeeds. On
+/// success a job's claim is kept only if its row is pending and counted by it: an event id
+/// already in the table (sent again by a new session, or dead) gives its claim back, since the
+/// row there has its own count, or none.
 pub(super) async fn store(
     shared: &Shared,
-    jobs: &[(Queued, bool)],
+    jobs: &mut [(Queued, bool)],
     state: State,
     failure: &Failure,
     stop: &mut watch::Receiver<bool>,
@@ -167,17 +170,38 @@ pub(super) async fn store(
         })
         .collect();
     let mut attempt = 0u32;
-    loop {
+    // An attempt that failed may still have committed (the answer was lost).
+    let mut maybe_committed = false;
+    let inserted = loop {
         if lane::is_stopped(stop) {
             return Stored::Stopped;
         }
         if shared.is_discarded(jobs.iter().map(|(q, _)| q)) {
             return Stored::Discarded;
         }
-        match park.park(&shared.name, &rows, state, failure).await {
-            Ok(_) => break,
+        let result = match park.park(&shared.name, &rows, state, failure).await {
+            Ok(mut inserted) if maybe_committed && state == State::Pending => {
+                // Rows of ours from the attempt whose answer was lost count as inserted.
+                let missing: Vec<&str> = rows
+                    .iter()
+                    .map(|r| r.event_id)
+                    .filter(|id| !inserted.contains(*id))
+                    .collect();
+                match park.pending_among(&shared.name, &missing).await {
+                    Ok(ours) => {
+                        inserted.extend(ours);
+                        Ok(inserted)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
+        match result {
+            Ok(inserted) => break inserted,
             Err(e) => {
                 attempt = attempt.saturating_add(1);
+                maybe_committed = true;
                 report(shared, &e);
                 let wait = store_retry(attempt);
                 if shared.warn_throttle.allow().is_some() {
@@ -195,9 +219,18 @@ pub(super) async fn store(
                 }
             }
         }
+    };
+    drop(rows);
+    for (q, claimed) in jobs.iter_mut() {
+        if *claimed && !inserted.contains(&q.job.id) {
+            shared.parked.release(q.job.order_key);
+            *claimed = false;
+        }
     }
+    let rows = jobs;
     let n = rows.len() as u64;
     crate::server::ACTIVITY.parked(n, state == State::Dead);
+    let first_id = rows.first().map_or("", |(q, _)| q.job.id.as_str());
     match state {
         State::Pending => shared.park_metrics.parked_total.increment(n),
         State::Dead => {
@@ -205,7 +238,7 @@ pub(super) async fn store(
             tracing::warn!(
                 trigger = %shared.name,
                 events = n,
-                first_id = rows.first().map_or("", |r| r.event_id),
+                first_id,
                 error = %failure.error,
                 "event(s) went dead: kept in walhook.parked and no longer retried; \
                  `walhook replay --trigger {}` sends them again",
@@ -388,7 +421,11 @@ async fn round(
         let mut failed = Vec::new();
         let mut down = false;
         while let Some(done) = set.join_next().await {
-            let Ok(r) = done else { continue };
+            let Ok(r) = done else {
+                // A worker that died leaves its keys unsettled: no later page may overtake them.
+                down = true;
+                continue;
+            };
             conns[r.slot] = Some(r.conn);
             delivered.extend(r.delivered);
             failed.extend(r.failed);
@@ -540,6 +577,9 @@ async fn worker(
     let mut rows = rows.into_iter();
     loop {
         if !shared.fence.may_send() {
+            // The rest of these rows' keys must not be sent out of order by a later page:
+            // end the round.
+            out.down = true;
             break;
         }
         let mut group: Vec<ParkedRow> = Vec::with_capacity(shared.batch);
@@ -565,7 +605,7 @@ async fn worker(
         let (id, body) = batch::request(jobs.iter(), shared.batch);
         let started = Instant::now();
         let result = shared.client.send(&mut conn, &id, body).await;
-        shared.record(&result, group.len() as u64, started.elapsed());
+        shared.record_attempt(&result, group.len() as u64, started.elapsed(), false);
         if result.verdict == Verdict::Delivered {
             out.delivered
                 .extend(group.iter().map(|r| (r.id, r.order_key)));

@@ -256,9 +256,10 @@ pub async fn missing_from_publication(
     let rows = client
         .query(
             "SELECT i::int4 FROM unnest($2::text[]) WITH ORDINALITY AS u(n, i) \
-             JOIN pg_publication p ON p.pubname = $1 AND NOT p.puballtables \
+             JOIN pg_publication p ON p.pubname = $1 \
              WHERE to_regclass(n) IS NOT NULL AND NOT EXISTS ( \
-               SELECT 1 FROM pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid = to_regclass(n))",
+               SELECT 1 FROM pg_publication_tables t WHERE t.pubname = $1 \
+                 AND format('%I.%I', t.schemaname, t.tablename)::regclass = to_regclass(n))",
             &[&publication, &names],
         )
         .await

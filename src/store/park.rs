@@ -13,7 +13,7 @@
 //! (see [`ParkStore::close_idle`]): an idle session would keep a smart shutdown of the
 //! database waiting for ever.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -229,15 +229,15 @@ impl ParkStore {
         }
     }
 
-    /// Parks `rows` (in this order) for `trigger` in one transaction; returns how many were
-    /// new (an event id already parked for the trigger is left as it is).
+    /// Parks `rows` (in this order) for `trigger` in one transaction; returns the event ids
+    /// that were new (an event id already parked for the trigger is left as it is).
     pub async fn park(
         &self,
         trigger: &str,
         rows: &[NewRow<'_>],
         state: State,
         failure: &Failure,
-    ) -> Result<u64, ParkError> {
+    ) -> Result<HashSet<String>, ParkError> {
         let ids: Vec<&str> = rows.iter().map(|r| r.event_id).collect();
         // The key is a u64 hash; bigint holds its bits.
         let keys: Vec<i64> = rows.iter().map(|r| r.order_key as i64).collect();
@@ -247,14 +247,15 @@ impl ParkStore {
         let mut s = self.session().await?;
         let r = s
             .client()
-            .execute(
+            .query(
                 "INSERT INTO walhook.parked \
                    (trigger, event_id, order_key, body, headers, state, attempts, first_failure, last_error) \
                  SELECT $1, e, k, b, jsonb_build_object('webhook-id', e), $5, \
                         CASE WHEN n = 1 THEN $6 ELSE 0 END, now() - make_interval(secs => $7), $8 \
                  FROM unnest($2::text[], $3::bigint[], $4::bytea[]) WITH ORDINALITY AS u(e, k, b, n) \
                  ORDER BY n \
-                 ON CONFLICT (trigger, event_id) DO NOTHING",
+                 ON CONFLICT (trigger, event_id) DO NOTHING \
+                 RETURNING event_id",
                 &[
                     &trigger,
                     &ids,
@@ -268,7 +269,38 @@ impl ParkStore {
             )
             .await
             .map_err(sql("writing to walhook.parked"));
-        s.failed(r)
+        let rows = s.failed(r)?;
+        rows.iter()
+            .map(|r| {
+                r.try_get(0)
+                    .map_err(|e| ParkError::from(sql("writing to walhook.parked")(e)))
+            })
+            .collect()
+    }
+
+    /// Which of `ids` have a pending row of `trigger`.
+    pub async fn pending_among(
+        &self,
+        trigger: &str,
+        ids: &[&str],
+    ) -> Result<HashSet<String>, ParkError> {
+        let mut s = self.session().await?;
+        let r = s
+            .client()
+            .query(
+                "SELECT event_id FROM walhook.parked \
+                 WHERE trigger = $1 AND event_id = ANY($2) AND state = 'pending'",
+                &[&trigger, &ids],
+            )
+            .await
+            .map_err(sql("reading walhook.parked"));
+        let rows = s.failed(r)?;
+        rows.iter()
+            .map(|r| {
+                r.try_get(0)
+                    .map_err(|e| ParkError::from(sql("reading walhook.parked")(e)))
+            })
+            .collect()
     }
 
     /// Up to `limit` pending rows of `trigger` with an id above `after`, by id.

@@ -266,6 +266,17 @@ pub async fn skip_unpublished(
         .await?
         .ok_or_else(|| SetupError::NoSlot(slot.to_owned()))?;
     let from = state.confirmed_flush;
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&publication],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(sql("looking up the publication"))?;
+    if !exists {
+        return Err(SetupError::NoPublication(publication.to_owned()).into());
+    }
     let end: String = client
         .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
         .await
@@ -350,7 +361,13 @@ async fn probe(
     match decoded {
         Ok(_) => Ok(true),
         // undefined_object: "publication … does not exist" as of a change ahead
-        Err(e) if e.code().map(|c| c.code()) == Some("42704") => Ok(false),
+        Err(e)
+            if e.code().map(|c| c.code()) == Some("42704")
+                && e.as_db_error()
+                    .is_some_and(|d| d.message().contains("publication")) =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(sql("probing the slot")(e).into()),
     }
 }
