@@ -27,6 +27,28 @@ fn parked_rows(pg: &Cluster, db: &str, trigger: &str, state: &str) -> usize {
     .unwrap()
 }
 
+/// A database with table `t` made by `schema`, a receiver answering 503, and a config of
+/// one trigger `t` on it with `defaults` and the `extra` trigger lines.
+fn target_down(
+    schema: &str,
+    defaults: &str,
+    extra: &[&str],
+) -> (
+    Cluster,
+    String,
+    Receiver,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let (pg, db) = Cluster::with_app_db(schema);
+    let rx = Receiver::start();
+    let dir = tempdir();
+    rx.set_status(503);
+    let triggers = trigger_toml("t", "t", &rx.url("/t"), extra);
+    let config = write_config(dir.path(), &pg.url(&db), defaults, &triggers);
+    (pg, db, rx, dir, config)
+}
+
 /// Waits until `trigger` has `n` rows in `state`.
 fn wait_parked(pg: &Cluster, db: &str, trigger: &str, state: &str, n: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -283,13 +305,9 @@ fn a_poison_row_goes_dead_the_rest_flows_and_replay_sends_it_again() {
 
 #[test]
 fn past_give_up_after_parked_events_go_dead_and_replay_brings_them_back() {
-    let (pg, db) = Cluster::with_app_db("CREATE TABLE t (id int PRIMARY KEY)");
-    let rx = Receiver::start();
-    let dir = tempdir();
-    rx.set_status(503);
     let defaults = "timeout = \"2s\"\nretry = { initial = \"50ms\", max = \"300ms\", park_after = \"1s\", give_up_after = \"3s\" }";
-    let triggers = trigger_toml("t", "t", &rx.url("/t"), &[]);
-    let config = write_config(dir.path(), &pg.url(&db), defaults, &triggers);
+    let (pg, db, rx, _dir, config) =
+        target_down("CREATE TABLE t (id int PRIMARY KEY)", defaults, &[]);
     let daemon = Walhook::streaming(&config);
     pg.psql(&db, "INSERT INTO t SELECT g FROM generate_series(1, 20) g");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -320,12 +338,7 @@ fn past_give_up_after_parked_events_go_dead_and_replay_brings_them_back() {
 
 #[test]
 fn a_park_table_that_cannot_be_written_keeps_the_events_pending() {
-    let (pg, db) = Cluster::with_app_db("CREATE TABLE t (id int PRIMARY KEY)");
-    let rx = Receiver::start();
-    let dir = tempdir();
-    rx.set_status(503);
-    let triggers = trigger_toml("t", "t", &rx.url("/t"), &[]);
-    let config = write_config(dir.path(), &pg.url(&db), PARK, &triggers);
+    let (pg, db, rx, _dir, config) = target_down("CREATE TABLE t (id int PRIMARY KEY)", PARK, &[]);
     let daemon = Walhook::streaming(&config);
     pg.psql(
         &db,
@@ -358,14 +371,10 @@ fn a_park_table_that_cannot_be_written_keeps_the_events_pending() {
 
 #[test]
 fn a_fast_or_smart_shutdown_of_postgres_while_the_target_is_down_is_not_held_up() {
-    let (mut pg, db) = Cluster::with_app_db("CREATE TABLE t (id int PRIMARY KEY)");
-    let rx = Receiver::start();
-    let dir = tempdir();
-    rx.set_status(503);
     let defaults =
         "timeout = \"2s\"\nretry = { initial = \"50ms\", max = \"500ms\", park_after = \"3s\" }";
-    let triggers = trigger_toml("t", "t", &rx.url("/t"), &[]);
-    let config = write_config(dir.path(), &pg.url(&db), defaults, &triggers);
+    let (mut pg, db, rx, _dir, config) =
+        target_down("CREATE TABLE t (id int PRIMARY KEY)", defaults, &[]);
     let mut daemon = Walhook::streaming(&config);
     for (round, mode) in ["fast", "smart"].into_iter().enumerate() {
         let base = round as i64 * 100;
@@ -403,12 +412,11 @@ fn a_fast_or_smart_shutdown_of_postgres_while_the_target_is_down_is_not_held_up(
 
 #[test]
 fn batches_are_parked_and_unparked_as_batches() {
-    let (pg, db) = Cluster::with_app_db("CREATE TABLE t (id int PRIMARY KEY, n int)");
-    let rx = Receiver::start();
-    let dir = tempdir();
-    rx.set_status(503);
-    let triggers = trigger_toml("t", "t", &rx.url("/t"), &["batch = 10", "concurrency = 2"]);
-    let config = write_config(dir.path(), &pg.url(&db), PARK, &triggers);
+    let (pg, db, rx, _dir, config) = target_down(
+        "CREATE TABLE t (id int PRIMARY KEY, n int)",
+        PARK,
+        &["batch = 10", "concurrency = 2"],
+    );
     let daemon = Walhook::streaming(&config);
     pg.psql(
         &db,
@@ -490,12 +498,7 @@ fn park_url_keeps_parked_events_in_another_database() {
 
 #[test]
 fn a_standby_does_not_unpark_and_takes_the_parked_events_over() {
-    let (pg, db) = Cluster::with_app_db("CREATE TABLE t (id int PRIMARY KEY)");
-    let rx = Receiver::start();
-    let dir = tempdir();
-    rx.set_status(503);
-    let triggers = trigger_toml("t", "t", &rx.url("/t"), &[]);
-    let config = write_config(dir.path(), &pg.url(&db), PARK, &triggers);
+    let (pg, db, rx, _dir, config) = target_down("CREATE TABLE t (id int PRIMARY KEY)", PARK, &[]);
     let active = Walhook::streaming(&config);
     let standby = Walhook::start(&config);
     standby.wait_log("waiting as a standby", 1, Duration::from_secs(20));

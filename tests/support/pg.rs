@@ -411,7 +411,12 @@ impl Cluster {
 
     /// Creates a database and returns its name.
     pub fn create_db(&self, name: &str) -> String {
-        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        // template0 takes no connections, so a concurrent one (a readiness probe) cannot
+        // make CREATE DATABASE fail with "template1 is being accessed by other users".
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE {name} TEMPLATE template0"),
+        );
         name.to_string()
     }
 
