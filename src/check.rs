@@ -93,7 +93,8 @@ async fn park_database(url: &str, report: &mut Report) {
             &[],
         )
         .await;
-    match found.map(|row| (row.get::<_, bool>(0), row.get::<_, bool>(1))) {
+    let found = found.and_then(|row| Ok((row.try_get::<_, bool>(0)?, row.try_get::<_, bool>(1)?)));
+    match found {
         Ok((true, _)) => report.push(
             Severity::Ok,
             format!("parked events go to walhook.parked in {conninfo}"),

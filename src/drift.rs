@@ -79,7 +79,7 @@ impl Binding {
     }
 
     /// Routes `change` by its table's OID (see the module doc).
-    pub fn route(&mut self, router: &Router, change: &Change, health: &Drift) -> Vec<Routed> {
+    pub fn route(&mut self, router: &Router, change: &Change, drift: &Drift) -> Vec<Routed> {
         match self.by_oid.get(&change.relation) {
             Some(bound) if bound.schema == *change.schema && bound.name == *change.table => {
                 router.route(change)
@@ -98,7 +98,7 @@ impl Binding {
             None => {
                 let routed = router.route(change);
                 if !routed.is_empty() && self.strangers.insert(change.relation) {
-                    health.report(
+                    drift.report(
                         "name",
                         &format!(
                             "{}.{} is now another table (oid {}) than the one its triggers were \

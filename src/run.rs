@@ -340,7 +340,9 @@ async fn stream_once(
     ctx.dispatcher.discard_queued();
     // What walhook.parked holds now (parked by an earlier process, or by another instance
     // while this one was a standby) keeps those keys' new events behind it.
-    ctx.dispatcher.load_parked().await?;
+    ctx.dispatcher
+        .load_parked(ctx.config.park.is_some())
+        .await?;
     // Only a shutdown of the source database is waiting for this session to confirm.
     let db_down = match ctx.config.park {
         None => ctx.dispatcher.database_shutting_down(),

@@ -131,7 +131,7 @@ pub struct Dispatcher {
     /// Told when the park table's database refuses walhook because it is shutting down.
     db_down: Arc<Notify>,
     /// Whether "parking is off" was said already (once per process).
-    loaded: AtomicBool,
+    told_parking_off: AtomicBool,
     /// Whether `walhook.parked` exists, so lanes may park.
     park_ready: Arc<AtomicBool>,
 }
@@ -267,7 +267,7 @@ impl Dispatcher {
             fence,
             park: lane_store,
             db_down,
-            loaded: AtomicBool::new(false),
+            told_parking_off: AtomicBool::new(false),
             park_ready,
         })
     }
@@ -276,17 +276,21 @@ impl Dispatcher {
     /// behind them. Called at the start of every session, before its first job is submitted
     /// (while the fence is closed, so no lane claims a key meanwhile): the table is the truth,
     /// and another instance may have parked or delivered rows while this one was a standby.
-    pub async fn load_parked(&self) -> Result<(), ParkError> {
+    ///
+    /// `migrate`: the park table is in a database of its own (`[park] url`), whose schema is
+    /// brought up to date here; the source database's was, with the slot.
+    pub async fn load_parked(&self, migrate: bool) -> Result<(), ParkError> {
         let Some(store) = &self.park else {
             return Ok(());
         };
-        // A separate park database is migrated here (the source one was, with the slot).
-        match store.migrate().await {
-            Ok(()) | Err(ParkError::Store(crate::store::StoreError::Privilege { .. })) => {}
-            Err(e) => return Err(e),
+        if migrate {
+            match store.migrate().await {
+                Ok(()) | Err(ParkError::Store(crate::store::StoreError::Privilege { .. })) => {}
+                Err(e) => return Err(e),
+            }
         }
         if !store.table_exists().await? {
-            if !self.loaded.swap(true, AtomicOrdering::AcqRel) {
+            if !self.told_parking_off.swap(true, AtomicOrdering::AcqRel) {
                 tracing::warn!(
                     "walhook.parked does not exist and this role may not create it, so parking \
                      is off: a target that keeps failing holds its events and the slot (the \
@@ -297,8 +301,9 @@ impl Dispatcher {
             self.park_ready.store(false, AtomicOrdering::Release);
             return Ok(());
         }
+        let mut pending = store.pending_keys().await?;
         for t in &self.targets {
-            let keys = store.pending_keys(&t.shared.name).await?;
+            let keys = pending.remove(&t.shared.name).unwrap_or_default();
             if !keys.is_empty() {
                 let events: u64 = keys.values().sum();
                 tracing::info!(

@@ -179,13 +179,14 @@ impl std::fmt::Debug for ParkStore {
 struct Session<'a>(MutexGuard<'a, Option<Conn>>);
 
 impl Session<'_> {
-    fn client(&mut self) -> &Client {
+    /// The connection, marked as used now.
+    fn client(&mut self) -> &mut Client {
         // `ParkStore::session` only hands out a connected guard.
-        let conn = self.0.as_mut().map(|c| {
-            c.used = Instant::now();
-            &c.client
-        });
-        conn.unwrap_or_else(|| unreachable!("a session is always connected"))
+        let Some(conn) = self.0.as_mut() else {
+            unreachable!("a session is always connected")
+        };
+        conn.used = Instant::now();
+        &mut conn.client
     }
 
     /// Drops the connection after an error, so the next use connects again.
@@ -269,13 +270,7 @@ impl ParkStore {
             )
             .await
             .map_err(sql("writing to walhook.parked"));
-        let rows = s.failed(r)?;
-        rows.iter()
-            .map(|r| {
-                r.try_get(0)
-                    .map_err(|e| ParkError::from(sql("writing to walhook.parked")(e)))
-            })
-            .collect()
+        event_ids(&s.failed(r)?, "writing to walhook.parked")
     }
 
     /// Which of `ids` have a pending row of `trigger`.
@@ -294,13 +289,7 @@ impl ParkStore {
             )
             .await
             .map_err(sql("reading walhook.parked"));
-        let rows = s.failed(r)?;
-        rows.iter()
-            .map(|r| {
-                r.try_get(0)
-                    .map_err(|e| ParkError::from(sql("reading walhook.parked")(e)))
-            })
-            .collect()
+        event_ids(&s.failed(r)?, "reading walhook.parked")
     }
 
     /// Up to `limit` pending rows of `trigger` with an id above `after`, by id.
@@ -390,11 +379,7 @@ impl ParkStore {
     /// Brings the walhook schema of this database up to date ([`crate::store::migrate`]).
     pub async fn migrate(&self) -> Result<(), ParkError> {
         let mut s = self.session().await?;
-        let client = match s.0.as_mut() {
-            Some(c) => &mut c.client,
-            None => unreachable!("a session is always connected"),
-        };
-        let r = crate::store::migrate(client).await.map(|_| ());
+        let r = crate::store::migrate(s.client()).await.map(|_| ());
         s.failed(r)
     }
 
@@ -406,24 +391,28 @@ impl ParkStore {
         s.failed(r)
     }
 
-    /// How many pending rows each ordering key of `trigger` has.
-    pub async fn pending_keys(&self, trigger: &str) -> Result<HashMap<u64, u64>, ParkError> {
+    /// Per trigger, how many pending rows each of its ordering keys has.
+    pub async fn pending_keys(&self) -> Result<HashMap<String, HashMap<u64, u64>>, ParkError> {
         let mut s = self.session().await?;
         let r = s
             .client()
             .query(
-                "SELECT order_key, count(*) FROM walhook.parked \
-                 WHERE trigger = $1 AND state = 'pending' GROUP BY order_key",
-                &[&trigger],
+                "SELECT trigger, order_key, count(*) FROM walhook.parked \
+                 WHERE state = 'pending' GROUP BY trigger, order_key",
+                &[],
             )
             .await
             .map_err(sql("reading walhook.parked"));
         let rows = s.failed(r)?;
-        let mut out = HashMap::with_capacity(rows.len());
+        let mut out: HashMap<String, HashMap<u64, u64>> = HashMap::new();
         for row in rows {
-            let key: i64 = row.try_get(0).map_err(sql("reading walhook.parked"))?;
-            let n: i64 = row.try_get(1).map_err(sql("reading walhook.parked"))?;
-            out.insert(key as u64, u64::try_from(n).unwrap_or(0));
+            let context = || sql("reading walhook.parked");
+            let trigger: String = row.try_get(0).map_err(context())?;
+            let key: i64 = row.try_get(1).map_err(context())?;
+            let n: i64 = row.try_get(2).map_err(context())?;
+            out.entry(trigger)
+                .or_default()
+                .insert(key as u64, u64::try_from(n).unwrap_or(0));
         }
         Ok(out)
     }
@@ -434,6 +423,13 @@ impl ParkStore {
         let r = counts(s.client()).await;
         s.failed(r)
     }
+}
+
+/// The first column of `rows`, event ids.
+fn event_ids(rows: &[tokio_postgres::Row], context: &str) -> Result<HashSet<String>, ParkError> {
+    rows.iter()
+        .map(|r| r.try_get(0).map_err(|e| ParkError::from(sql(context)(e))))
+        .collect()
 }
 
 /// Per trigger: pending and dead rows, the oldest pending one's age, the last error (empty
