@@ -70,6 +70,7 @@ fn relation() -> CachedRelation {
         table: Arc::from("bench"),
         types,
         key_columns: vec![0],
+        key_names: Arc::from(vec![relation.columns[0].name.clone()]),
         relation,
     }
 }

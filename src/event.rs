@@ -21,6 +21,8 @@ pub enum ChangeKind {
     Update,
     /// DELETE.
     Delete,
+    /// TRUNCATE (one event per truncated table; only for triggers that ask for it).
+    Truncate,
 }
 
 impl ChangeKind {
@@ -30,6 +32,7 @@ impl ChangeKind {
             ChangeKind::Create => "create",
             ChangeKind::Update => "update",
             ChangeKind::Delete => "delete",
+            ChangeKind::Truncate => "truncate",
         }
     }
 }
@@ -65,6 +68,107 @@ pub struct Change {
     /// The row's identity (its replica identity key values as JSON text), used to keep one
     /// row's events in order; `None` when the table has no key.
     pub key: Option<String>,
+    /// The names of the columns that make up `key` (the `key` variable of templates).
+    pub key_columns: Arc<[String]>,
+    /// For a truncate: its options.
+    pub truncate: Option<TruncateOptions>,
+}
+
+/// TRUNCATE's options, as the event's `cascade` and `restart_identity` fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct TruncateOptions {
+    /// TRUNCATE … CASCADE.
+    pub cascade: bool,
+    /// TRUNCATE … RESTART IDENTITY.
+    pub restart_identity: bool,
+}
+
+/// A logical decoding message (`pg_logical_emit_message(transactional, prefix, content)`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Emitted inside a transaction: delivered only if it commits, in commit order.
+    pub transactional: bool,
+    /// The prefix the emitter gave.
+    pub prefix: String,
+    /// The content, parsed when it is JSON, else the text (invalid UTF-8 replaced).
+    pub content: serde_json::Value,
+    /// The commit LSN of its transaction; for a non-transactional message, its own LSN.
+    pub commit_lsn: Lsn,
+    /// Its transaction (transactional messages only).
+    pub xid: Option<u32>,
+    /// Its transaction's commit time (transactional messages only).
+    pub committed_at: Option<PgTimestamp>,
+    /// Position among its transaction's changes and messages, from 0.
+    pub seq: u64,
+}
+
+impl Message {
+    /// The message as its content bytes arrived.
+    pub fn new(
+        transactional: bool,
+        prefix: String,
+        content: &[u8],
+        commit_lsn: Lsn,
+        txn: Option<(u32, PgTimestamp)>,
+        seq: u64,
+    ) -> Message {
+        let content = serde_json::from_slice(content).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(content).into_owned())
+        });
+        Message {
+            transactional,
+            prefix,
+            content,
+            commit_lsn,
+            xid: txn.map(|t| t.0),
+            committed_at: txn.map(|t| t.1),
+            seq,
+        }
+    }
+
+    /// The event id (as [`Change::event_id`]: stable, free of '.'). A message outside any
+    /// transaction is `{lsn}-n-{trigger}`: its LSN is where its record ends, where the next
+    /// transaction's commit record may start.
+    pub fn event_id(&self, trigger: Option<&str>) -> String {
+        let mut id = match self.xid {
+            Some(_) => format!("{:016x}-{:x}", self.commit_lsn.0, self.seq),
+            None => format!("{:016x}-n", self.commit_lsn.0),
+        };
+        if let Some(t) = trigger {
+            let _ = write!(id, "-{t}");
+        }
+        id
+    }
+
+    /// The webhook body (the README's "Events" section describes each field).
+    pub fn to_json(&self, id: &str, trigger: Option<&str>) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            id: &'a str,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            trigger: Option<&'a str>,
+            prefix: &'a str,
+            content: &'a serde_json::Value,
+            transactional: bool,
+            commit_lsn: Lsn,
+            xid: Option<u32>,
+            committed_at: Option<String>,
+        }
+        serde_json::to_vec(&Body {
+            id,
+            kind: "message",
+            trigger,
+            prefix: &self.prefix,
+            content: &self.content,
+            transactional: self.transactional,
+            commit_lsn: self.commit_lsn,
+            xid: self.xid,
+            committed_at: self.committed_at.map(rfc3339),
+        })
+        .unwrap_or_default()
+    }
 }
 
 impl Change {
@@ -111,6 +215,9 @@ pub struct Event<'a> {
     pub xid: u32,
     /// Commit time, RFC 3339 UTC with microseconds.
     pub committed_at: String,
+    /// A truncate's options (`cascade`, `restart_identity`), flattened into the event.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<TruncateOptions>,
 }
 
 impl<'a> Event<'a> {
@@ -134,6 +241,7 @@ impl<'a> Event<'a> {
             commit_lsn: change.commit_lsn,
             xid: change.xid,
             committed_at: rfc3339(change.committed_at),
+            truncate: change.truncate,
         }
     }
 
@@ -230,6 +338,8 @@ mod tests {
             committed_at: PgTimestamp(0),
             seq: 10,
             key: None,
+            key_columns: Arc::from(Vec::new()),
+            truncate: None,
         };
         assert_eq!(change.event_id(None), "00000000016b3748-a");
         assert_eq!(change.event_id(Some("orders")), "00000000016b3748-a-orders");

@@ -128,10 +128,11 @@ pub async fn database(
             report.push(Severity::Error, problem);
         }
     }
+    messages_and_truncates(client, config, &mut report).await?;
     for trigger in &config.triggers {
         let Some(t) = facts
             .iter()
-            .find(|f| f.table == trigger.table && f.kind.is_some())
+            .find(|f| Some(&f.table) == trigger.table() && f.kind.is_some())
         else {
             continue;
         };
@@ -157,11 +158,60 @@ pub async fn database(
     Ok(report)
 }
 
+/// Message triggers need Postgres 14 (pgoutput's `messages` option); truncate events need
+/// a publication that publishes truncates.
+async fn messages_and_truncates(
+    client: &Client,
+    config: &Config,
+    report: &mut Report,
+) -> Result<(), SetupError> {
+    let message_triggers: Vec<String> = config
+        .triggers
+        .iter()
+        .filter(|t| matches!(t.watch, config::Watch::Message(_)))
+        .map(|t| format!("{:?}", t.name))
+        .collect();
+    if !message_triggers.is_empty() {
+        let version = setup::server_version_num(client).await?;
+        if version < 140_000 {
+            report.push(
+                Severity::Error,
+                format!(
+                    "message triggers ({}) need PostgreSQL 14 or later: this server is {}.{},                      whose pgoutput cannot send logical decoding messages",
+                    message_triggers.join(", "),
+                    version / 10_000,
+                    version % 10_000 / 100
+                ),
+            );
+        }
+    }
+    let truncating: Vec<String> = config
+        .triggers
+        .iter()
+        .filter(|t| t.route.events.contains(&crate::event::ChangeKind::Truncate))
+        .map(|t| format!("{:?}", t.name))
+        .collect();
+    if !truncating.is_empty()
+        && setup::publishes_truncate(client, &config.source.publication).await? == Some(false)
+    {
+        report.push(
+            Severity::Error,
+            format!(
+                "triggers {} ask for truncate events, but publication {:?} does not publish                  truncates (fix: ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate'))",
+                truncating.join(", "),
+                config.source.publication,
+                setup::quote_ident(&config.source.publication)
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// `trigger "a"` or `triggers "a", "b"`.
 fn triggers_of(triggers: &[Trigger], table: &TableName) -> String {
     let names: Vec<String> = triggers
         .iter()
-        .filter(|t| &t.table == table)
+        .filter(|t| t.table() == Some(table))
         .map(|t| format!("{:?}", t.name))
         .collect();
     match names.len() {
@@ -171,7 +221,7 @@ fn triggers_of(triggers: &[Trigger], table: &TableName) -> String {
 }
 
 /// Columns named by `changed`, `columns` and `when` that the table does not have.
-fn columns(trigger: &Trigger, table: &TableFacts, report: &mut Report) {
+fn columns<'a>(trigger: &'a Trigger, table: &TableFacts, report: &mut Report) {
     let route = &trigger.route;
     let mut named: Vec<(&str, &str)> = Vec::new();
     named.extend(route.changed.iter().map(|c| ("changed", c.as_str())));
@@ -182,15 +232,37 @@ fn columns(trigger: &Trigger, table: &TableFacts, report: &mut Report) {
             .flatten()
             .map(|c| ("columns", c.as_str())),
     );
+    // Expressions: (the key that holds it, the variable, the column).
+    let spec = &trigger.delivery;
+    let mut read: Vec<(&str, &str, &str)> = Vec::new();
+    let mut reads = |key: &'static str, columns: &'a [config::RowColumn]| {
+        read.extend(columns.iter().map(|c| (key, c.variable, c.column.as_str())));
+    };
     if let Some(when) = &route.when {
-        named.extend(when.columns.iter().map(|c| (c.variable, c.column.as_str())));
+        reads("when", &when.columns);
     }
+    if let Some(body) = &spec.body {
+        reads("body", &body.columns);
+    }
+    if let Some(url) = &spec.url_template {
+        reads("url", &url.columns);
+    }
+    for (_, t) in &spec.header_templates {
+        reads("headers", &t.columns);
+    }
+    named.extend(read.iter().map(|(_, v, c)| (*v, *c)));
     for (key, column) in named {
         if table.columns.iter().any(|c| c == column) {
             continue;
         }
         let place = match key {
-            "record" | "old_record" => format!("when reads {key}.{column}"),
+            "record" | "old_record" => {
+                let holder = read
+                    .iter()
+                    .find(|(_, v, c)| *v == key && *c == column)
+                    .map_or("when", |(k, ..)| *k);
+                format!("{holder} reads {key}.{column}")
+            }
             _ => format!("{key} names column {column:?}"),
         };
         let hint = config::closest(&table.columns, column)

@@ -377,35 +377,71 @@ async fn stream_once(
             SourceEvent::Begin { .. } => ctx.progress(|p| txn = p.begin()).await,
             SourceEvent::Change(change) => {
                 let routed = binding.route(ctx.router, &change, &ctx.health.drift);
+                if !submit(&ctx, txn, routed, &mut stop, &db_down).await? {
+                    return Ok(Some(stream));
+                }
+            }
+            SourceEvent::Message {
+                message,
+                standalone,
+            } => {
+                let routed = ctx.router.route_message(&message);
                 if routed.is_empty() {
                     continue;
                 }
-                let n = routed.len() as u64;
-                // Count the events before handing any over, so no ack can come first.
-                ctx.progress(|p| p.add(txn, n)).await;
-                for r in routed {
-                    let job = Job {
-                        id: r.id,
-                        body: r.body.into(),
-                        order_key: r.order_key,
-                        txn: Ack {
-                            session: ctx.session,
-                            txn,
-                        },
-                    };
-                    tokio::select! {
-                        _ = ctx.dispatcher.submit(r.trigger, job) => {}
-                        // Not delivered, not confirmed: the next run sends it again.
-                        _ = &mut stop => return Ok(Some(stream)),
-                        () = ctx.fenced.notified() => return Err(SourceError::Fenced),
-                        () = db_down.notified() => return Err(SourceError::DatabaseShuttingDown),
-                    }
+                // A message outside any transaction is a transaction of its own, confirmed at
+                // its LSN once delivered.
+                if standalone {
+                    ctx.progress(|p| txn = p.begin()).await;
+                }
+                if !submit(&ctx, txn, routed, &mut stop, &db_down).await? {
+                    return Ok(Some(stream));
+                }
+                if standalone {
+                    ctx.progress(|p| p.commit(txn, message.commit_lsn)).await;
                 }
             }
             SourceEvent::Commit(c) => ctx.progress(|p| p.commit(txn, c.end_lsn)).await,
             SourceEvent::Idle { wal_end } => ctx.progress(|p| p.keepalive(wal_end)).await,
         }
     }
+}
+
+/// Hands a change's or message's events to delivery, counted in transaction `txn` first;
+/// `Ok(false)` when the run is to stop (nothing handed over since is confirmed).
+async fn submit(
+    ctx: &Ctx<'_>,
+    txn: TxnId,
+    routed: Vec<crate::triggers::Routed>,
+    stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    db_down: &tokio::sync::Notify,
+) -> Result<bool, SourceError> {
+    if routed.is_empty() {
+        return Ok(true);
+    }
+    let n = routed.len() as u64;
+    // Count the events before handing any over, so no ack can come first.
+    ctx.progress(|p| p.add(txn, n)).await;
+    for r in routed {
+        let job = Job {
+            id: r.id,
+            body: r.body.into(),
+            order_key: r.order_key,
+            txn: Ack {
+                session: ctx.session,
+                txn,
+            },
+            shape: r.shape,
+        };
+        tokio::select! {
+            _ = ctx.dispatcher.submit(r.trigger, job) => {}
+            // Not delivered, not confirmed: the next run sends it again.
+            () = stop.as_mut() => return Ok(false),
+            () = ctx.fenced.notified() => return Err(SourceError::Fenced),
+            () = db_down.notified() => return Err(SourceError::DatabaseShuttingDown),
+        }
+    }
+    Ok(true)
 }
 
 /// Aborts the task when dropped (the drift checks end with their session).

@@ -61,8 +61,12 @@ pub struct SlotReport {
 /// any other that still has events in `walhook.parked`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TriggerReport {
-    /// The table it names, `schema.table` (null for a trigger no longer configured).
+    /// The table it names, `schema.table` (null for a message trigger, or a trigger no
+    /// longer configured).
     pub table: Option<String>,
+    /// The message prefix it fires on (`orders.*`), for a message trigger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// Whether the config names it.
     pub configured: bool,
     /// Its events in `walhook.parked`: pending (`parked`) and `dead`, the oldest pending
@@ -227,7 +231,11 @@ impl StatusReport {
                 (
                     t.name.clone(),
                     TriggerReport {
-                        table: Some(t.table.to_string()),
+                        table: t.table().map(ToString::to_string),
+                        message: match &t.watch {
+                            crate::config::Watch::Message(m) => Some(m.to_string()),
+                            crate::config::Watch::Table(_) => None,
+                        },
                         configured: true,
                         park: counts.remove(&t.name).unwrap_or_default(),
                     },
@@ -239,6 +247,7 @@ impl StatusReport {
                 name,
                 TriggerReport {
                     table: None,
+                    message: None,
                     configured: false,
                     park,
                 },
@@ -248,7 +257,7 @@ impl StatusReport {
         let tables = config
             .triggers
             .iter()
-            .map(|t| t.table.clone())
+            .filter_map(|t| t.table().cloned())
             .collect::<Vec<_>>();
         let names: Vec<String> = tables.iter().map(|t| t.quoted()).collect();
         let missing_tables = client
@@ -350,7 +359,11 @@ impl StatusReport {
             let _ = write!(
                 out,
                 "trigger {name:?} on {}: {} parked, {} dead",
-                t.table.as_deref().unwrap_or("(not in the config)"),
+                match (&t.table, &t.message) {
+                    (Some(table), _) => table.clone(),
+                    (None, Some(m)) => format!("messages {m:?}"),
+                    (None, None) => "(not in the config)".to_owned(),
+                },
                 t.park.parked,
                 t.park.dead
             );

@@ -102,6 +102,22 @@ pub async fn tail(
                     }
                 }
             }
+            Ok(SourceEvent::Message {
+                message,
+                standalone,
+            }) => {
+                // Messages have no table: shown when no --table narrows the output.
+                if opts.tables.is_empty() {
+                    let mut line = message.to_json(&message.event_id(None), None);
+                    line.push(b'\n');
+                    if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
+                        break Err(e.into());
+                    }
+                }
+                if standalone && confirm {
+                    stream.confirm(message.commit_lsn);
+                }
+            }
             Ok(SourceEvent::Commit(c)) => {
                 if confirm {
                     stream.confirm(c.end_lsn);

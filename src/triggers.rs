@@ -42,8 +42,12 @@ use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey,
 use cel::common::types::{CelString, CelUInt};
 use cel::common::value::Val;
 
-use crate::config::{Ordering, TableName, Trigger, TriggerId};
-use crate::event::{Change, ChangeKind, Event, Row};
+use crate::config::template::Template;
+use crate::config::{
+    EventType, MessagePattern, Methods, Ordering, TableName, Trigger, TriggerId, Watch,
+};
+use crate::delivery::Shape;
+use crate::event::{Change, ChangeKind, Event, Message, Row};
 
 /// One event a change produced for one trigger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +61,8 @@ pub struct Routed {
     /// Chooses the delivery lane: events with equal keys keep their order (see
     /// [`Ordering`]).
     pub order_key: u64,
+    /// How its request differs from the trigger's fixed one.
+    pub shape: Option<Box<Shape>>,
 }
 
 /// The triggers of a config, indexed for routing changes.
@@ -66,6 +72,8 @@ pub struct Router {
     by_table: HashMap<String, HashMap<String, TableRoutes>>,
     /// Distinct tables in config order.
     tables: Vec<TableName>,
+    /// Message triggers, in config order.
+    messages: Vec<(MessagePattern, TriggerId)>,
     env: Arc<cel::Env>,
     /// For `ordering = "none"`: spreads events over the lanes.
     unordered: AtomicU64,
@@ -80,12 +88,51 @@ impl std::fmt::Debug for Router {
     }
 }
 
-/// The triggers of one table and the CEL variables their filters read.
+/// The triggers of one table and the CEL variables their expressions read.
 #[derive(Default)]
 struct TableRoutes {
     triggers: Vec<TriggerId>,
     uses_record: bool,
     uses_old_record: bool,
+    uses_key: bool,
+}
+
+/// What a trigger renders per event: `url` and header templates, a `method` map, `body`.
+#[derive(Default)]
+struct Shaping {
+    url: Option<Template>,
+    methods: Option<Methods>,
+    headers: Vec<(String, Template)>,
+    body: Option<Arc<cel::Program>>,
+}
+
+impl Shaping {
+    fn of(t: &Trigger) -> Shaping {
+        let d = &t.delivery;
+        Shaping {
+            url: d.url_template.clone(),
+            methods: (!d.method.is_uniform()).then_some(d.method),
+            headers: d
+                .header_templates
+                .iter()
+                .map(|(name, t)| (name.as_str().to_owned(), t.clone()))
+                .collect(),
+            body: d.body.as_ref().map(|b| Arc::clone(&b.program)),
+        }
+    }
+
+    /// Whether anything needs the CEL variables.
+    fn evaluates(&self) -> bool {
+        self.url.is_some() || !self.headers.is_empty() || self.body.is_some()
+    }
+
+    fn programs(&self) -> impl Iterator<Item = &cel::Program> {
+        self.url
+            .iter()
+            .flat_map(|t| t.programs())
+            .chain(self.headers.iter().flat_map(|(_, t)| t.programs()))
+            .chain(self.body.as_deref())
+    }
 }
 
 /// One trigger, ready to evaluate.
@@ -96,8 +143,13 @@ struct Compiled {
     changed: Vec<String>,
     columns: Option<Vec<String>>,
     when: Option<Arc<cel::Program>>,
+    shaping: Shaping,
     ordering: Ordering,
     needs_old_values: bool,
+    /// Set once the first template or `body` error has been logged.
+    warned_render: AtomicBool,
+    /// `walhook_render_errors_total` for this trigger.
+    render_errors: metrics::Counter,
     /// Set once the first filter error has been logged.
     warned_filter: AtomicBool,
     /// Set once the first "old values unknown" decision has been logged.
@@ -113,6 +165,7 @@ fn kind_bit(kind: ChangeKind) -> u8 {
         ChangeKind::Create => 1,
         ChangeKind::Update => 2,
         ChangeKind::Delete => 4,
+        ChangeKind::Truncate => 8,
     }
 }
 
@@ -122,23 +175,33 @@ impl Router {
         let mut compiled = Vec::with_capacity(triggers.len());
         let mut by_table: HashMap<String, HashMap<String, TableRoutes>> = HashMap::new();
         let mut tables = Vec::new();
+        let mut messages = Vec::new();
         for (i, t) in triggers.iter().enumerate() {
             let when = t.route.when.as_ref().map(|w| Arc::clone(&w.program));
+            let shaping = Shaping::of(t);
             let refers = |var: &str| {
-                when.as_ref()
-                    .is_some_and(|p| p.references().has_variable(var))
+                when.iter()
+                    .map(|p| &**p)
+                    .chain(shaping.programs())
+                    .any(|p| p.references().has_variable(var))
             };
-            let routes = by_table
-                .entry(t.table.schema.clone())
-                .or_default()
-                .entry(t.table.name.clone())
-                .or_insert_with(|| {
-                    tables.push(t.table.clone());
-                    TableRoutes::default()
-                });
-            routes.triggers.push(TriggerId::new(i));
-            routes.uses_record |= refers("record");
-            routes.uses_old_record |= refers("old_record");
+            match &t.watch {
+                Watch::Table(table) => {
+                    let routes = by_table
+                        .entry(table.schema.clone())
+                        .or_default()
+                        .entry(table.name.clone())
+                        .or_insert_with(|| {
+                            tables.push(table.clone());
+                            TableRoutes::default()
+                        });
+                    routes.triggers.push(TriggerId::new(i));
+                    routes.uses_record |= refers("record");
+                    routes.uses_old_record |= refers("old_record");
+                    routes.uses_key |= refers("key");
+                }
+                Watch::Message(pattern) => messages.push((pattern.clone(), TriggerId::new(i))),
+            }
             compiled.push(Compiled {
                 name: t.name.clone(),
                 events: t.route.events.iter().fold(0, |bits, k| bits | kind_bit(*k)),
@@ -149,21 +212,30 @@ impl Router {
                     || refers("old_record")
                     || refers("changed"),
                 when,
+                shaping,
                 warned_filter: AtomicBool::new(false),
                 warned_changed: AtomicBool::new(false),
+                warned_render: AtomicBool::new(false),
                 filter_errors: metrics::counter!("walhook_filter_errors_total", "trigger" => t.name.clone()),
                 changed_unknown: metrics::counter!("walhook_changed_unknown_total", "trigger" => t.name.clone()),
+                render_errors: metrics::counter!("walhook_render_errors_total", "trigger" => t.name.clone()),
             });
         }
         Router {
             triggers: compiled,
             by_table,
             tables,
+            messages,
             env: Arc::new(cel::Env::stdlib()),
             // A random start: keys of `ordering = "none"` events parked by an earlier process
             // should not make this one's new events queue behind them.
             unordered: AtomicU64::new(fastrand::u64(..)),
         }
+    }
+
+    /// Whether some trigger fires on messages.
+    pub fn has_message_triggers(&self) -> bool {
+        !self.messages.is_empty()
     }
 
     /// The distinct tables the triggers name, in config order.
@@ -195,7 +267,7 @@ impl Router {
             return Vec::new();
         };
         let bit = kind_bit(change.kind);
-        // Built on first use: most changes never reach a `when`.
+        // Built on first use: most changes never reach an expression.
         let mut ctx: Option<cel::Context<'_, '_>> = None;
         let mut out = Vec::new();
         for &i in &routes.triggers {
@@ -205,15 +277,157 @@ impl Router {
             if t.events & bit == 0 || !self.changed_matches(t, change) {
                 continue;
             }
-            if let Some(program) = &t.when {
+            let id = change.event_id(Some(&t.name));
+            if t.when.is_some() || t.shaping.evaluates() {
                 let ctx = ctx.get_or_insert_with(|| self.context(change, routes));
-                if !self.filter(t, program, ctx) {
-                    continue;
+                set_event(ctx, &id, &t.name);
+                if let Some(program) = &t.when {
+                    if !self.filter(t, program, ctx) {
+                        continue;
+                    }
                 }
             }
-            out.push(self.routed(i, t, (schema, table), change));
+            let order_key = self.order_key(t.ordering, schema, table, change);
+            let envelope = || match &t.columns {
+                None => Event::of(change, Some(&t.name)).to_json(),
+                Some(columns) => {
+                    let record = change.record.as_ref().map(|r| project(r, columns));
+                    let old = change.old_record.as_ref().map(|r| project(r, columns));
+                    Event::new(change, Some(&t.name), record.as_ref(), old.as_ref()).to_json()
+                }
+            };
+            let (body, shape) =
+                self.shaped(t, ctx.as_ref(), EventType::Change(change.kind), envelope);
+            out.push(Routed {
+                trigger: i,
+                id,
+                body,
+                order_key,
+                shape,
+            });
         }
         out
+    }
+
+    /// Every trigger a message fires, in config order.
+    pub fn route_message(&self, message: &Message) -> Vec<Routed> {
+        let mut ctx: Option<cel::Context<'_, '_>> = None;
+        let mut out = Vec::new();
+        for (pattern, i) in &self.messages {
+            let Some(t) = self.triggers.get(i.index()) else {
+                continue;
+            };
+            if !pattern.matches(&message.prefix) {
+                continue;
+            }
+            let id = message.event_id(Some(&t.name));
+            if t.when.is_some() || t.shaping.evaluates() {
+                let ctx = ctx.get_or_insert_with(|| self.message_context(message));
+                set_event(ctx, &id, &t.name);
+                if let Some(program) = &t.when {
+                    if !self.filter(t, program, ctx) {
+                        continue;
+                    }
+                }
+            }
+            let order_key = match t.ordering {
+                Ordering::None => self.unordered.fetch_add(1, AtomicOrdering::Relaxed),
+                // Messages have no row: those of one prefix keep their order.
+                Ordering::Row | Ordering::Table => {
+                    stable_hash(&[b"\0message", message.prefix.as_bytes()])
+                }
+            };
+            let envelope = || message.to_json(&id, Some(&t.name));
+            let (body, shape) = self.shaped(t, ctx.as_ref(), EventType::Message, envelope);
+            out.push(Routed {
+                trigger: *i,
+                id,
+                body,
+                order_key,
+                shape,
+            });
+        }
+        out
+    }
+
+    /// The body and the request shape of one event. A template or `body` that fails makes
+    /// the event unsendable (its body is then the envelope, so a parked copy shows what it
+    /// was), logged once per trigger and counted.
+    fn shaped(
+        &self,
+        t: &Compiled,
+        ctx: Option<&cel::Context<'_, '_>>,
+        event: EventType,
+        envelope: impl FnOnce() -> Vec<u8>,
+    ) -> (Vec<u8>, Option<Box<Shape>>) {
+        let s = &t.shaping;
+        let method = s.methods.map(|m| m.of(event));
+        let Some(ctx) = ctx.filter(|_| s.evaluates()) else {
+            let shape = method.map(|m| {
+                Box::new(Shape {
+                    method: Some(m),
+                    ..Shape::default()
+                })
+            });
+            return (envelope(), shape);
+        };
+        let rendered = (|| -> Result<(Option<Vec<u8>>, Shape), String> {
+            let target = s
+                .url
+                .as_ref()
+                .map(|u| u.render_target(ctx).map_err(|e| format!("url: {e}")))
+                .transpose()?;
+            let mut headers = Vec::with_capacity(s.headers.len());
+            for (name, template) in &s.headers {
+                let value = template
+                    .render(ctx)
+                    .map_err(|e| format!("header {name}: {e}"))?;
+                if http::HeaderValue::from_str(&value).is_err() {
+                    return Err(format!(
+                        "header {name}: the value is not one HTTP can carry (a line break or a \
+                         control character)"
+                    ));
+                }
+                headers.push((name.clone(), value));
+            }
+            let body = s
+                .body
+                .as_ref()
+                .map(|program| {
+                    let value = program.execute(ctx).map_err(|e| format!("body: {e}"))?;
+                    let json = cel_json(&value).map_err(|e| format!("body: {e}"))?;
+                    Ok::<_, String>(serde_json::to_vec(&json).unwrap_or_default())
+                })
+                .transpose()?;
+            Ok((
+                body,
+                Shape {
+                    method,
+                    target,
+                    headers,
+                    unsendable: None,
+                },
+            ))
+        })();
+        match rendered {
+            Ok((body, shape)) => {
+                let shape = (shape != Shape::default()).then(|| Box::new(shape));
+                (body.unwrap_or_else(envelope), shape)
+            }
+            Err(error) => {
+                t.render_errors.increment(1);
+                if !t.warned_render.swap(true, AtomicOrdering::Relaxed) {
+                    tracing::warn!(
+                        trigger = %t.name,
+                        error = %error,
+                        "a template or `body` failed for an event: it is not sent, and fails like \
+                         a request answered 4xx (logged once per trigger, counted in \
+                         walhook_render_errors_total)"
+                    );
+                }
+                (envelope(), crate::delivery::unsendable(error))
+            }
+        }
     }
 
     fn changed_matches(&self, t: &Compiled, change: &Change) -> bool {
@@ -281,6 +495,35 @@ impl Router {
         ctx.add_variable_as_val("type", Box::new(CelString::from(change.kind.as_str())));
         ctx.add_variable_as_val("schema", Box::new(CelString::from(&*change.schema)));
         ctx.add_variable_as_val("table", Box::new(CelString::from(&*change.table)));
+        let key: Box<dyn Val + 'c> = match (routes.uses_key, change.kind) {
+            (false, _) | (_, ChangeKind::Truncate) => Box::new(CelNull),
+            (true, ChangeKind::Delete) => key_val(change.old_record.as_ref(), &change.key_columns),
+            (true, _) => key_val(change.record.as_ref(), &change.key_columns),
+        };
+        ctx.add_variable_as_val("key", key);
+        for name in crate::config::MESSAGE_VARIABLES {
+            ctx.add_variable_as_val(*name, Box::new(CelNull));
+        }
+        ctx
+    }
+
+    /// The CEL variables for one message.
+    fn message_context<'c>(&self, message: &'c Message) -> cel::Context<'c, 'c> {
+        let mut ctx = cel::Context::with_env(Arc::clone(&self.env));
+        for name in crate::config::ROW_VARIABLES {
+            ctx.add_variable_as_val(*name, Box::new(CelNull));
+        }
+        ctx.add_variable_as_val(
+            "changed",
+            Box::new(CelList::from(Vec::<Box<dyn Val>>::new())),
+        );
+        ctx.add_variable_as_val("type", Box::new(CelString::from("message")));
+        ctx.add_variable_as_val("prefix", Box::new(CelString::from(message.prefix.as_str())));
+        ctx.add_variable_as_val("content", json_val(&message.content));
+        ctx.add_variable_as_val(
+            "transactional",
+            Box::new(CelBool::from(message.transactional)),
+        );
         ctx
     }
 
@@ -302,31 +545,65 @@ impl Router {
             }
         }
     }
+}
 
-    fn routed(
-        &self,
-        index: TriggerId,
-        t: &Compiled,
-        (schema, table): (&str, &str),
-        change: &Change,
-    ) -> Routed {
-        let name = Some(t.name.as_str());
-        let order_key = self.order_key(t.ordering, schema, table, change);
-        let event_body = |event: Event<'_>| Routed {
-            trigger: index,
-            id: event.id.clone(),
-            body: event.to_json(),
-            order_key,
-        };
-        match &t.columns {
-            None => event_body(Event::of(change, name)),
-            Some(columns) => {
-                let record = change.record.as_ref().map(|r| project(r, columns));
-                let old = change.old_record.as_ref().map(|r| project(r, columns));
-                event_body(Event::new(change, name, record.as_ref(), old.as_ref()))
-            }
+/// The per-trigger variables: the event id and the trigger's name.
+fn set_event(ctx: &mut cel::Context<'_, '_>, id: &str, trigger: &str) {
+    ctx.add_variable_as_val("id", Box::new(CelString::from(id.to_owned())));
+    ctx.add_variable_as_val("trigger", Box::new(CelString::from(trigger.to_owned())));
+}
+
+/// The key columns of `row` as a map (null without a row or a key).
+fn key_val<'c>(row: Option<&'c Row>, columns: &[String]) -> Box<dyn Val + 'c> {
+    match row {
+        Some(row) if !columns.is_empty() => {
+            let entries: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> = columns
+                .iter()
+                .filter_map(|c| row.get_key_value(c))
+                .map(|(k, v)| (CelMapKey::from(k.as_str()), json_val(v)))
+                .collect();
+            Box::new(CelMap::from(entries))
         }
+        _ => Box::new(CelNull),
     }
+}
+
+/// A CEL value as JSON: map keys sorted (so the same event gives the same bytes every time
+/// it is rendered), numbers as CEL computed them; a value JSON cannot hold is an error.
+fn cel_json(v: &cel::Value) -> Result<serde_json::Value, String> {
+    use cel::Value as V;
+    use serde_json::Value as J;
+    Ok(match v {
+        V::Null => J::Null,
+        V::Bool(b) => J::Bool(*b),
+        V::Int(i) => J::from(*i),
+        V::UInt(u) => J::from(*u),
+        V::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .ok_or_else(|| format!("{f} is not a number JSON can hold"))?,
+        V::String(s) => J::String(s.to_string()),
+        V::Bytes(b) => {
+            use base64::Engine as _;
+            J::String(base64::engine::general_purpose::STANDARD.encode(b.as_slice()))
+        }
+        V::List(items) => J::Array(items.iter().map(cel_json).collect::<Result<_, _>>()?),
+        V::Map(map) => {
+            let mut entries: Vec<(String, &cel::Value)> =
+                map.map.iter().map(|(k, v)| (k.to_string(), v)).collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut out = serde_json::Map::with_capacity(entries.len());
+            for (k, v) in entries {
+                out.insert(k, cel_json(v)?);
+            }
+            J::Object(out)
+        }
+        other => {
+            return Err(format!(
+                "a {:?} value cannot be sent as JSON",
+                other.type_of()
+            ));
+        }
+    })
 }
 
 /// `row` with only `columns`, in that order.
@@ -439,6 +716,8 @@ mod tests {
             committed_at: PgTimestamp(0),
             seq: 3,
             key: None,
+            key_columns: Arc::from(Vec::new()),
+            truncate: None,
         }
     }
 

@@ -18,7 +18,7 @@ use hmac::Mac as _;
 use std::num::NonZeroUsize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use walhook::config::{HttpMethod, On4xx, RetrySettings, TableName, Trigger, TriggerId};
+use walhook::config::{HttpMethod, Methods, On4xx, RetrySettings, TableName, Trigger, TriggerId};
 use walhook::delivery::sign::Signer;
 use walhook::delivery::{Ack, Dispatcher, Job, verify};
 
@@ -184,6 +184,7 @@ fn job(i: u64) -> Job {
         body: Bytes::from(format!(r#"{{"seq":{i}}}"#)),
         order_key: i,
         txn: Ack { session: 0, txn: i },
+        shape: None,
     }
 }
 
@@ -238,7 +239,7 @@ async fn headers_and_a_valid_signature_arrive() {
     let rx_http = receiver(|_| status(204)).await;
     let mut t = target(rx_http.url());
     t.delivery.signer = signer(SECRET);
-    t.delivery.method = HttpMethod::Put;
+    t.delivery.method = Methods::all(HttpMethod::Put);
     t.delivery
         .headers
         .insert("authorization", HeaderValue::from_static("Bearer t0ken"));
@@ -388,6 +389,7 @@ async fn per_key_order_holds_under_concurrency_and_retries() {
                 body: Bytes::from(body),
                 order_key: key,
                 txn: Ack { session: 0, txn: i },
+                shape: None,
             },
         )
         .await;
@@ -733,6 +735,7 @@ async fn throughput() {
                         body: body.clone(),
                         order_key: i,
                         txn: Ack { session: 0, txn: i },
+                        shape: None,
                     },
                 )
                 .await;

@@ -34,6 +34,7 @@ mod reader;
 mod schema;
 mod table_name;
 pub use table_name::parse_table;
+pub mod template;
 #[cfg(test)]
 mod tests;
 mod when;
@@ -47,9 +48,9 @@ use crate::event::ChangeKind;
 
 use reader::Reader;
 pub(crate) use reader::closest;
-pub use when::WHEN_VARIABLES;
 #[cfg(test)]
 pub(crate) use when::compile_when;
+pub use when::{MESSAGE_VARIABLES, ROW_VARIABLES, WHEN_VARIABLES};
 
 /// Which events of a target must keep commit order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -86,6 +87,111 @@ pub enum HttpMethod {
     Put,
     /// PATCH.
     Patch,
+    /// GET: the request carries no body and no content-type.
+    Get,
+    /// DELETE.
+    Delete,
+}
+
+impl HttpMethod {
+    /// The method's name, as HTTP writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Get => "GET",
+            HttpMethod::Delete => "DELETE",
+        }
+    }
+
+    /// The method named `s` (upper case, as configs and the park table write it).
+    pub fn parse(s: &str) -> Option<HttpMethod> {
+        [
+            HttpMethod::Post,
+            HttpMethod::Put,
+            HttpMethod::Patch,
+            HttpMethod::Get,
+            HttpMethod::Delete,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+    }
+}
+
+/// The method of each event type: `method = "PUT"` (all the same) or
+/// `method = { create = "POST", update = "PUT", delete = "DELETE" }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Methods {
+    /// By [`EventType::index`].
+    by_type: [HttpMethod; 5],
+}
+
+impl Methods {
+    /// The same method for every event.
+    pub fn all(method: HttpMethod) -> Methods {
+        Methods {
+            by_type: [method; 5],
+        }
+    }
+
+    /// The method of `event`'s requests.
+    pub fn of(&self, event: EventType) -> HttpMethod {
+        self.by_type[event.index()]
+    }
+
+    /// Sets the method of `event`.
+    pub fn set(&mut self, event: EventType, method: HttpMethod) {
+        self.by_type[event.index()] = method;
+    }
+
+    /// Whether the trigger sends every event with one method.
+    pub fn is_uniform(&self) -> bool {
+        self.by_type.iter().all(|m| *m == self.by_type[0])
+    }
+
+    /// Whether any event is sent with GET (which has no body, so cannot be batched).
+    pub fn uses_get(&self, events: &[EventType]) -> bool {
+        events.iter().any(|e| self.of(*e) == HttpMethod::Get)
+    }
+}
+
+/// The `type` of an event: a row change's kind, or a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// A row change of this kind.
+    Change(ChangeKind),
+    /// A logical decoding message (`pg_logical_emit_message`).
+    Message,
+}
+
+impl EventType {
+    /// Every type, in the order configs list them.
+    pub const ALL: [EventType; 5] = [
+        EventType::Change(ChangeKind::Create),
+        EventType::Change(ChangeKind::Update),
+        EventType::Change(ChangeKind::Delete),
+        EventType::Change(ChangeKind::Truncate),
+        EventType::Message,
+    ];
+
+    /// The name used in config files and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Change(kind) => kind.as_str(),
+            EventType::Message => "message",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            EventType::Change(ChangeKind::Create) => 0,
+            EventType::Change(ChangeKind::Update) => 1,
+            EventType::Change(ChangeKind::Delete) => 2,
+            EventType::Change(ChangeKind::Truncate) => 3,
+            EventType::Message => 4,
+        }
+    }
 }
 
 /// The retry schedule of a target.
@@ -244,7 +350,7 @@ impl fmt::Display for TableName {
     }
 }
 
-/// A compiled `when` expression.
+/// A compiled CEL expression: a `when` filter, or a `body`.
 #[derive(Clone)]
 pub struct When {
     /// The expression as written.
@@ -272,7 +378,7 @@ pub use when::RowColumn;
 /// Which changes a trigger takes and what it sends of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
-    /// The change kinds that fire, without duplicates.
+    /// The change kinds that fire, without duplicates (empty for a message trigger).
     pub events: Vec<ChangeKind>,
     /// Updates fire only if one of these columns changed; empty means no such filter.
     pub changed: Vec<String>,
@@ -287,12 +393,19 @@ pub struct Route {
 /// Where and how a trigger's events are sent.
 #[derive(Clone)]
 pub struct DeliverySpec {
-    /// Target URL (http or https, with a host).
+    /// Target URL (http or https, with a host). With a template, the URL with every hole
+    /// written as `x`: its scheme, host and port are the template's own.
     pub url: url::Url,
-    /// HTTP method.
-    pub method: HttpMethod,
+    /// `url` with `{…}` holes in its path or query, rendered per event.
+    pub url_template: Option<template::Template>,
+    /// HTTP method per event type.
+    pub method: Methods,
     /// Extra request headers (values marked sensitive); they replace defaults of the same name.
     pub headers: http::HeaderMap,
+    /// Headers whose value is a template, rendered per event.
+    pub header_templates: Vec<(http::HeaderName, template::Template)>,
+    /// `body`: a CEL expression whose value is the request body (default: the event).
+    pub body: Option<When>,
     /// Standard Webhooks signer, when the trigger has a secret.
     pub signer: Option<crate::delivery::sign::Signer>,
     /// Request timeout (more than zero).
@@ -305,6 +418,15 @@ pub struct DeliverySpec {
     pub batch: std::num::NonZeroUsize,
     /// What a plain 4xx does.
     pub on_4xx: On4xx,
+}
+
+impl DeliverySpec {
+    /// Whether some events' requests differ from the trigger's fixed method, URL and headers.
+    pub fn shapes_requests(&self) -> bool {
+        self.url_template.is_some()
+            || !self.header_templates.is_empty()
+            || !self.method.is_uniform()
+    }
 }
 
 /// `[defaults] timeout`.
@@ -320,8 +442,11 @@ impl DeliverySpec {
     pub fn new(url: url::Url) -> DeliverySpec {
         DeliverySpec {
             url,
-            method: HttpMethod::Post,
+            url_template: None,
+            method: Methods::all(HttpMethod::Post),
             headers: http::HeaderMap::new(),
+            header_templates: Vec::new(),
+            body: None,
             signer: None,
             timeout: DEFAULT_TIMEOUT,
             retry: RetrySettings::default(),
@@ -352,7 +477,7 @@ impl Trigger {
         Trigger {
             id: TriggerId::new(index),
             name: name.to_owned(),
-            table,
+            watch: Watch::Table(table),
             route: Route::all(),
             delivery: DeliverySpec::new(url),
         }
@@ -364,8 +489,11 @@ impl fmt::Debug for DeliverySpec {
         let headers: Vec<&str> = self.headers.keys().map(|n| n.as_str()).collect();
         f.debug_struct("DeliverySpec")
             .field("url", &"<redacted>")
+            .field("url_template", &self.url_template.is_some())
             .field("method", &self.method)
             .field("headers", &headers)
+            .field("header_templates", &self.header_templates.len())
+            .field("body", &self.body)
             .field("signer", &self.signer.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
@@ -384,12 +512,58 @@ pub struct Trigger {
     pub id: TriggerId,
     /// Unique name, `[A-Za-z0-9_-]+` (it is part of event ids).
     pub name: String,
-    /// The table it watches.
-    pub table: TableName,
+    /// The table, or the messages, it fires on.
+    pub watch: Watch,
     /// What it takes and sends.
     pub route: Route,
     /// Where it sends.
     pub delivery: DeliverySpec,
+}
+
+impl Trigger {
+    /// The table it watches (`None` for a message trigger).
+    pub fn table(&self) -> Option<&TableName> {
+        match &self.watch {
+            Watch::Table(t) => Some(t),
+            Watch::Message(_) => None,
+        }
+    }
+}
+
+/// What a trigger fires on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watch {
+    /// Row changes of a table (`table = …`).
+    Table(TableName),
+    /// Logical decoding messages (`message = …`).
+    Message(MessagePattern),
+}
+
+/// `message = "orders.shipped"` (that prefix exactly) or `"orders.*"` (every prefix that
+/// starts with `orders.`; `"*"` is every message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessagePattern {
+    /// The prefix, without the `*`.
+    pub prefix: String,
+    /// Whether it ended with `*`.
+    pub wildcard: bool,
+}
+
+impl MessagePattern {
+    /// Whether a message with `prefix` fires it.
+    pub fn matches(&self, prefix: &str) -> bool {
+        if self.wildcard {
+            prefix.starts_with(&self.prefix)
+        } else {
+            prefix == self.prefix
+        }
+    }
+}
+
+impl fmt::Display for MessagePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.prefix, if self.wildcard { "*" } else { "" })
+    }
 }
 
 /// One thing wrong with the config file.

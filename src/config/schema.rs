@@ -12,10 +12,12 @@ use toml_edit::{Item, TableLike, Value};
 
 use super::reader::{Found, Reader, join, type_name};
 use super::table_name::{MAX_IDENT, parse_table};
-use super::when::compile_when;
+use super::template::{self, Template};
+use super::when::{compile_when, foreign_variable};
 use super::{
-    Config, DeliverySpec, HttpMethod, On4xx, Ordering, ParkConfig, RetrySettings, Route,
-    ServerConfig, SourceConfig, TableName, Trigger, TriggerId,
+    Config, DeliverySpec, EventType, HttpMethod, MessagePattern, Methods, On4xx, Ordering,
+    ParkConfig, RetrySettings, Route, ServerConfig, SourceConfig, TableName, Trigger, TriggerId,
+    Watch, When,
 };
 use crate::delivery::sign::Signer;
 use crate::event::ChangeKind;
@@ -49,7 +51,8 @@ const SETTING_KEYS: &[&str] = &[
 ];
 const RETRY_KEYS: &[&str] = &["initial", "max", "park_after", "give_up_after"];
 const TRIGGER_KEYS: &[&str] = &[
-    "name", "table", "events", "url", "method", "headers", "secret", "when", "changed", "columns",
+    "name", "table", "message", "events", "url", "method", "headers", "secret", "when", "body",
+    "changed", "columns",
 ];
 
 /// The settings `[defaults]` gives and each trigger may override.
@@ -361,23 +364,14 @@ impl Reader<'_> {
         self.unknown_keys(table, &allowed, &prefix);
 
         let key = |k: &str| join(&prefix, k);
-        let relation = match self.get(table, "table") {
-            Some(f) => self
-                .string(&f, &key("table"))
-                .and_then(|t| match parse_table(&t) {
-                    Ok(r) => Some(r),
-                    Err(message) => {
-                        self.problem(f.span.clone(), &key("table"), message);
-                        None
-                    }
-                }),
-            None => {
-                let message = "missing (e.g. table = \"public.orders\")";
-                self.problem(span.clone(), &key("table"), message);
+        let watch = self.watch(table, span.clone(), &prefix);
+        let is_message = matches!(watch, Some(Watch::Message(_)));
+        let events = match self.get(table, "events") {
+            Some(f) if is_message => {
+                let message = "a message trigger fires on every matching message; `events` is for table triggers";
+                self.problem(f.span.clone(), &key("events"), message);
                 None
             }
-        };
-        let events = match self.get(table, "events") {
             Some(f) => self.events(&f, &key("events")),
             None => Some(vec![
                 ChangeKind::Create,
@@ -398,20 +392,18 @@ impl Reader<'_> {
                 None
             }
         };
+        let types: Vec<EventType> = match (is_message, &events) {
+            (true, _) => vec![EventType::Message],
+            (false, Some(events)) => events.iter().map(|k| EventType::Change(*k)).collect(),
+            (false, None) => Vec::new(),
+        };
         let method = match self.get(table, "method") {
-            Some(f) => {
-                let choices = [
-                    ("POST", HttpMethod::Post),
-                    ("PUT", HttpMethod::Put),
-                    ("PATCH", HttpMethod::Patch),
-                ];
-                self.choice(&f, &key("method"), &choices)
-            }
-            None => Some(HttpMethod::Post),
+            Some(f) => self.methods(&f, &key("method"), &types),
+            None => Some(Methods::all(HttpMethod::Post)),
         };
         let headers = match self.get(table, "headers") {
             Some(f) => self.headers(&f, &key("headers")),
-            None => Some(http::HeaderMap::new()),
+            None => Some((http::HeaderMap::new(), Vec::new())),
         };
         let signer = self.get(table, "secret").map(|f| {
             let s = self.string(&f, &key("secret"))?;
@@ -423,44 +415,93 @@ impl Reader<'_> {
                 }
             }
         });
-        let when = self.get(table, "when").map(|f| {
-            let s = self.string(&f, &key("when"))?;
-            match compile_when(&s) {
-                Ok(w) => Some(w),
-                Err(message) => {
-                    self.problem(f.span.clone(), &key("when"), message);
-                    None
-                }
-            }
-        });
+        let when = self
+            .get(table, "when")
+            .map(|f| self.expression(&f, &key("when"), is_message));
+        let body = self
+            .get(table, "body")
+            .map(|f| self.expression(&f, &key("body"), is_message));
         let changed = match self.get(table, "changed") {
+            Some(f) if is_message => {
+                self.problem(
+                    f.span.clone(),
+                    &key("changed"),
+                    "a message trigger has no columns",
+                );
+                None
+            }
             Some(f) => self.string_list(&f, &key("changed")),
             None => Some(Vec::new()),
         };
-        let columns = self
-            .get(table, "columns")
-            .map(|f| self.string_list(&f, &key("columns")));
+        let columns = match self.get(table, "columns") {
+            Some(f) if is_message => {
+                self.problem(
+                    f.span.clone(),
+                    &key("columns"),
+                    "a message trigger has no columns",
+                );
+                Some(None)
+            }
+            Some(f) => Some(self.string_list(&f, &key("columns"))),
+            None => Some(None),
+        };
+        // Templates read the variables of their trigger's kind only.
+        let url = url.and_then(|(u, t)| {
+            let found = t
+                .as_ref()
+                .and_then(|t| t.programs().find_map(|p| foreign_variable(p, is_message)));
+            match found {
+                Some(v) => {
+                    let f = self.get(table, "url");
+                    self.problem(
+                        f.and_then(|f| f.span),
+                        &key("url"),
+                        foreign_message(&v, is_message),
+                    );
+                    None
+                }
+                None => Some((u, t)),
+            }
+        });
+        if let Some((_, templates)) = &headers {
+            for (name, t) in templates {
+                if let Some(v) = t.programs().find_map(|p| foreign_variable(p, is_message)) {
+                    let message = foreign_message(&v, is_message);
+                    self.problem(span.clone(), &format!("{}.{name}", key("headers")), message);
+                }
+            }
+        }
         let settings = self.settings(table, *defaults, &prefix);
 
+        if let (Some(m), Some(_)) = (&method, &events) {
+            if settings.batch.get() > 1 && m.uses_get(&types) {
+                let message = "batch > 1 cannot be used with GET requests (a GET carries no body to put the events in)";
+                self.problem(span.clone(), &key("batch"), message);
+            }
+        }
         if self.problems.len() > before {
             return None;
         }
-        let (schema, table) = relation?;
+        let (url, url_template) = url?;
+        let (headers, header_templates) = headers?;
         Some(Trigger {
             id: TriggerId::new(index),
             name: name?,
-            table: TableName::new(schema, table),
+            watch: watch?,
             route: Route {
-                events: events?,
+                events: if is_message { Vec::new() } else { events? },
                 changed: changed?,
                 columns: columns.flatten(),
                 when: when.flatten(),
                 ordering: settings.ordering,
             },
             delivery: DeliverySpec {
-                url: url?,
+                url,
+                url_template,
                 method: method?,
-                headers: headers?,
+                headers,
+                header_templates,
+                body: body.flatten(),
                 signer: signer.flatten(),
                 timeout: settings.timeout,
                 retry: settings.retry,
@@ -471,6 +512,138 @@ impl Reader<'_> {
         })
     }
 
+    /// `table = …` or `message = …`: exactly one of them.
+    fn watch(
+        &mut self,
+        table: &dyn TableLike,
+        span: Option<Range<usize>>,
+        prefix: &str,
+    ) -> Option<Watch> {
+        let key = |k: &str| join(prefix, k);
+        match (self.get(table, "table"), self.get(table, "message")) {
+            (Some(t), Some(m)) => {
+                let message = "a trigger fires on a table or on messages, not both: give `table` or `message`";
+                self.problem(m.span.clone().or(t.span.clone()), &key("message"), message);
+                None
+            }
+            (Some(f), None) => {
+                let t = self.string(&f, &key("table"))?;
+                match parse_table(&t) {
+                    Ok((schema, name)) => Some(Watch::Table(TableName::new(schema, name))),
+                    Err(message) => {
+                        self.problem(f.span.clone(), &key("table"), message);
+                        None
+                    }
+                }
+            }
+            (None, Some(f)) => {
+                let m = self.string(&f, &key("message"))?;
+                let (text, wildcard) = match m.strip_suffix('*') {
+                    Some(p) => (p, true),
+                    None => (m.as_str(), false),
+                };
+                let bad = if text.contains('*') {
+                    Some("`*` may only end the prefix (\"orders.*\")")
+                } else if text.is_empty() && !wildcard {
+                    Some("empty (use \"*\" for every message)")
+                } else {
+                    None
+                };
+                if let Some(message) = bad {
+                    self.problem(f.span.clone(), &key("message"), message);
+                    return None;
+                }
+                Some(Watch::Message(MessagePattern {
+                    prefix: text.to_owned(),
+                    wildcard,
+                }))
+            }
+            (None, None) => {
+                let message =
+                    "missing (e.g. table = \"public.orders\", or message = \"orders.shipped\")";
+                self.problem(span, &key("table"), message);
+                None
+            }
+        }
+    }
+
+    /// A `when` or `body` expression, compiled, reading only its trigger kind's variables.
+    fn expression(&mut self, found: &Found<'_>, key: &str, message_trigger: bool) -> Option<When> {
+        let s = self.string(found, key)?;
+        let compiled =
+            compile_when(&s).and_then(|w| match foreign_variable(&w.program, message_trigger) {
+                Some(v) => Err(foreign_message(&v, message_trigger)),
+                None => Ok(w),
+            });
+        match compiled {
+            Ok(w) => Some(w),
+            Err(message) => {
+                self.problem(found.span.clone(), key, message);
+                None
+            }
+        }
+    }
+
+    /// `method = "PUT"`, or a table of event type → method covering every type it fires.
+    fn methods(&mut self, found: &Found<'_>, key: &str, types: &[EventType]) -> Option<Methods> {
+        let choices = [
+            ("POST", HttpMethod::Post),
+            ("PUT", HttpMethod::Put),
+            ("PATCH", HttpMethod::Patch),
+            ("GET", HttpMethod::Get),
+            ("DELETE", HttpMethod::Delete),
+        ];
+        if found.item.is_str() {
+            return self.choice(found, key, &choices).map(Methods::all);
+        }
+        let table = self.table(found, key)?;
+        let mut methods = Methods::all(HttpMethod::Post);
+        let mut given = Vec::new();
+        let mut ok = true;
+        let entries: Vec<(&str, &Item)> = table.iter().collect();
+        for (name, item) in entries {
+            let f = Found {
+                item,
+                span: item.span().or_else(|| found.span.clone()),
+            };
+            let entry_key = format!("{key}.{name}");
+            let Some(event) = EventType::ALL.into_iter().find(|e| e.as_str() == name) else {
+                let names: Vec<&str> = EventType::ALL.iter().map(|e| e.as_str()).collect();
+                let message = format!(
+                    "unknown event type `{name}`; the types are {}",
+                    names.join(", ")
+                );
+                self.problem(f.span.clone(), &entry_key, message);
+                ok = false;
+                continue;
+            };
+            match self.choice(&f, &entry_key, &choices) {
+                Some(m) => {
+                    methods.set(event, m);
+                    given.push(event);
+                }
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let missing: Vec<&str> = types
+            .iter()
+            .filter(|t| !given.contains(t))
+            .map(|t| t.as_str())
+            .collect();
+        if !missing.is_empty() {
+            let message = format!(
+                "no method for {} (the trigger fires on it); give one for every event type",
+                missing.join(", ")
+            );
+            self.problem(found.span.clone(), key, message);
+            return None;
+        }
+        Some(methods)
+    }
+
     fn events(&mut self, found: &Found<'_>, key: &str) -> Option<Vec<ChangeKind>> {
         let names = self.string_list(found, key)?;
         let mut out = Vec::with_capacity(names.len());
@@ -479,6 +652,7 @@ impl Reader<'_> {
                 "create" => out.push(ChangeKind::Create),
                 "update" => out.push(ChangeKind::Update),
                 "delete" => out.push(ChangeKind::Delete),
+                "truncate" => out.push(ChangeKind::Truncate),
                 other => {
                     let hint = match other.to_ascii_lowercase().as_str() {
                         "insert" | "inserted" | "created" => " (did you mean \"create\"?)",
@@ -487,7 +661,7 @@ impl Reader<'_> {
                         _ => "",
                     };
                     let message = format!(
-                        "unknown event `{other}`{hint}; events are \"create\", \"update\", \"delete\""
+                        "unknown event `{other}`{hint}; events are \"create\", \"update\", \"delete\", \"truncate\""
                     );
                     self.problem(found.span.clone(), key, message);
                     return None;
@@ -497,9 +671,11 @@ impl Reader<'_> {
         Some(out)
     }
 
-    fn headers(&mut self, found: &Found<'_>, key: &str) -> Option<http::HeaderMap> {
+    /// The fixed headers, and those whose value is a template.
+    fn headers(&mut self, found: &Found<'_>, key: &str) -> Option<Headers> {
         let table = self.table(found, key)?;
         let mut out = http::HeaderMap::new();
+        let mut templates = Vec::new();
         let mut seen = HashSet::new();
         let mut ok = true;
         let entries: Vec<(&str, &Item)> = table.iter().collect();
@@ -531,6 +707,19 @@ impl Reader<'_> {
                 ok = false;
                 continue;
             };
+            let value = match template::header_template(&value) {
+                Ok(t) if t.has_holes() => {
+                    templates.push((header_name, t));
+                    continue;
+                }
+                // No holes: the text with `{{`/`}}` unescaped.
+                Ok(t) => t.render(&cel::Context::default()).unwrap_or(value),
+                Err(message) => {
+                    self.problem(f.span.clone(), &header_key, message);
+                    ok = false;
+                    continue;
+                }
+            };
             // The value is not echoed: headers usually carry credentials.
             let Ok(mut header_value) = http::HeaderValue::from_str(&value) else {
                 let message =
@@ -543,7 +732,21 @@ impl Reader<'_> {
             header_value.set_sensitive(true);
             out.insert(header_name, header_value);
         }
-        ok.then_some(out)
+        ok.then_some((out, templates))
+    }
+}
+
+/// A trigger's fixed headers and its templated ones.
+type Headers = (http::HeaderMap, Vec<(http::HeaderName, Template)>);
+
+/// Why an expression may not read `variable` in this kind of trigger.
+fn foreign_message(variable: &str, message_trigger: bool) -> String {
+    if message_trigger {
+        format!(
+            "`{variable}` is a row change's variable; a message trigger has prefix, content, transactional, type, id and trigger"
+        )
+    } else {
+        format!("`{variable}` is a message's variable; use it in a trigger with `message = …`")
     }
 }
 
@@ -554,9 +757,11 @@ fn valid_trigger_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// An http(s) URL with a host; the error never contains the URL.
-fn target_url(s: &str) -> Result<url::Url, String> {
-    let url = url::Url::parse(s).map_err(|e| format!("not a valid URL ({e})"))?;
+/// An http(s) URL with a host, and its template when it has `{…}` holes; the error never
+/// contains the URL.
+fn target_url(s: &str) -> Result<(url::Url, Option<Template>), String> {
+    let (template, url) = template::url_template(s)?;
+    let template = template.has_holes().then_some(template);
     if !matches!(url.scheme(), "http" | "https") {
         let scheme = url.scheme();
         return Err(format!(
@@ -566,5 +771,5 @@ fn target_url(s: &str) -> Result<url::Url, String> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err("the URL has no host".to_owned());
     }
-    Ok(url)
+    Ok((url, template))
 }

@@ -68,7 +68,7 @@ fn the_design_example_loads() {
     assert_eq!(c.server.listen, Some("0.0.0.0:8187".parse().unwrap()));
     let t = &c.triggers[0];
     assert_eq!(t.name, "order-paid");
-    assert_eq!(t.table, TableName::new("public", "orders"));
+    assert_eq!(t.table(), Some(&TableName::new("public", "orders")));
     let (r, d) = (&t.route, &t.delivery);
     assert_eq!(r.events, vec![ChangeKind::Create, ChangeKind::Update]);
     assert_eq!(d.url.as_str(), "https://api.example.com/hooks/orders");
@@ -108,7 +108,7 @@ fn defaults_fill_in_everything_left_out() {
     let t = &c.triggers[0];
     let (r, d) = (&t.route, &t.delivery);
     assert_eq!(r.events.len(), 3);
-    assert_eq!(d.method, HttpMethod::Post);
+    assert_eq!(d.method, Methods::all(HttpMethod::Post));
     assert_eq!((d.concurrency.get(), d.batch.get()), (64, 1));
     assert_eq!((r.ordering, d.on_4xx), (Ordering::Row, On4xx::Retry));
     assert!(d.signer.is_none() && r.when.is_none() && r.columns.is_none());
@@ -151,7 +151,7 @@ method = "patch"
     let ordering = c.triggers[1].route.ordering;
     assert_eq!((ordering, b.on_4xx), (Ordering::None, On4xx::Dead));
     assert_eq!(b.timeout, Duration::from_millis(500));
-    assert_eq!(b.method, HttpMethod::Patch);
+    assert_eq!(b.method, Methods::all(HttpMethod::Patch));
 }
 
 #[test]
@@ -183,7 +183,7 @@ timeout = "soon"
             "walhook.toml:8: trigger \"order-paid\".concurrency: must be between 1 and 10000, not 0",
             "walhook.toml:9: trigger \"order-paid\".colums: unknown key `colums` (did you mean `columns`?)",
             "walhook.toml:12: trigger \"order-paid\".name: duplicate trigger name `order-paid` (first at line 5)",
-            "walhook.toml:15: trigger \"order-paid\".events: unknown event `insert` (did you mean \"create\"?); events are \"create\", \"update\", \"delete\"",
+            "walhook.toml:15: trigger \"order-paid\".events: unknown event `insert` (did you mean \"create\"?); events are \"create\", \"update\", \"delete\", \"truncate\"",
             "walhook.toml:16: trigger \"order-paid\".timeout: `soon` is not a duration like \"10s\", \"2m\" or \"3d\" (expected number at 0)",
         ],
         "{shown}"
@@ -401,7 +401,7 @@ fn bad_cel_is_reported() {
             .contains("empty expression")
     );
     let shown = err(&with_trigger("when = \"recrod.status == 'paid'\"\n")).to_string();
-    assert!(shown.ends_with("when: unknown variable `recrod` (the variables are record, old_record, changed, type, schema, table)"), "{shown}");
+    assert!(shown.ends_with("when: unknown variable `recrod` (the variables are record, old_record, changed, type, schema, table, id, trigger, key, prefix, content, transactional)"), "{shown}");
     let text = with_trigger(
         "when = \"record.tags.exists(t, t == 'vip') && type(record.id) == int && [1].map(x, x) == [1]\"\n",
     );

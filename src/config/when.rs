@@ -3,8 +3,41 @@
 
 use std::collections::HashSet;
 
-/// The variables a `when` expression can use (see [`crate::triggers`]).
-pub const WHEN_VARIABLES: &[&str] = &["record", "old_record", "changed", "type", "schema", "table"];
+/// The variables a `when`, `body` or template expression can use (see [`crate::triggers`]).
+pub const WHEN_VARIABLES: &[&str] = &[
+    "record",
+    "old_record",
+    "changed",
+    "type",
+    "schema",
+    "table",
+    "id",
+    "trigger",
+    "key",
+    "prefix",
+    "content",
+    "transactional",
+];
+
+/// The variables of a row change's event only.
+pub const ROW_VARIABLES: &[&str] = &["record", "old_record", "changed", "schema", "table", "key"];
+/// The variables of a message's event only.
+pub const MESSAGE_VARIABLES: &[&str] = &["prefix", "content", "transactional"];
+
+/// The first variable of `program` that a trigger of this kind does not have, if any.
+pub fn foreign_variable(program: &cel::Program, message_trigger: bool) -> Option<String> {
+    let foreign = if message_trigger {
+        ROW_VARIABLES
+    } else {
+        MESSAGE_VARIABLES
+    };
+    let mut found: Vec<String> = free_variables(program.expression())
+        .into_iter()
+        .filter(|v| foreign.contains(&v.as_str()))
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
 
 /// CEL's type names, which are identifiers too (`type(x) == string`).
 const CEL_TYPE_NAMES: &[&str] = &[
@@ -42,7 +75,7 @@ pub(crate) fn compile_when(s: &str) -> Result<super::When, String> {
 }
 
 /// The columns of `record` / `old_record` that `expr` reads by name, in order, once each.
-fn row_columns(expr: &cel::IdedExpr) -> Vec<RowColumn> {
+pub(super) fn row_columns(expr: &cel::IdedExpr) -> Vec<RowColumn> {
     use cel::common::ast::{Expr, LiteralValue};
     fn row_var(e: &cel::IdedExpr) -> Option<&'static str> {
         match &e.expr {
@@ -110,7 +143,7 @@ fn row_columns(expr: &cel::IdedExpr) -> Vec<RowColumn> {
 /// than as a filter that is silently false for every event.
 pub(crate) fn check_cel(s: &str) -> Result<cel::Program, String> {
     if s.trim().is_empty() {
-        return Err("empty expression (leave `when` out instead)".to_owned());
+        return Err("empty expression".to_owned());
     }
     // A panic in the CEL parser on odd input must not take down config loading.
     let program = match std::panic::catch_unwind(|| cel::Program::compile(s)) {

@@ -85,6 +85,7 @@ mod tests {
             body: Bytes::from_static(body.as_bytes()),
             order_key: 0,
             txn: super::super::Ack { session: 0, txn: 0 },
+            shape: None,
         }
     }
 

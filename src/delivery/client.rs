@@ -15,11 +15,12 @@ use hyper::{Method, Request, Uri};
 use rustls::ClientConfig;
 
 use super::DeliveryError;
+use super::Shape;
 use super::connection::{Connection, Endpoint, HttpError};
 use super::outcome::{self, Verdict};
 use super::retry;
 use super::sign::Signer;
-use crate::config::{DeliverySpec, HttpMethod};
+use crate::config::{DeliverySpec, EventType, HttpMethod};
 
 const USER_AGENT_VALUE: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
 /// A response body larger than this is not drained; the connection is dropped instead.
@@ -92,11 +93,8 @@ impl Client {
             value.set_sensitive(true);
             fixed.insert(AUTHORIZATION, value);
         }
-        let method = match spec.method {
-            HttpMethod::Post => Method::POST,
-            HttpMethod::Put => Method::PUT,
-            HttpMethod::Patch => Method::PATCH,
-        };
+        // With a `method` map every event's shape names its method; otherwise this is it.
+        let method = http_method(spec.method.of(EventType::ALL[0]));
         Ok(Client {
             endpoint,
             method,
@@ -109,10 +107,16 @@ impl Client {
 
     /// Sends one request over `conn`, signed at send time, and classifies the answer. The
     /// target's timeout covers everything: connecting, the answer and draining its body.
-    pub async fn send(&self, conn: &mut Connection, id: &str, body: Bytes) -> Attempt {
+    pub async fn send(
+        &self,
+        conn: &mut Connection,
+        id: &str,
+        body: Bytes,
+        shape: Option<&Shape>,
+    ) -> Attempt {
         let now = SystemTime::now();
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let request = match self.request(id, now, body) {
+        let request = match self.request(id, now, body, shape) {
             Ok(r) => r,
             Err(e) => return failed(e),
         };
@@ -153,13 +157,32 @@ impl Client {
         }
     }
 
-    /// The request: the fixed parts plus id, timestamp, signature and length.
+    /// The request: the fixed parts, the event's shape (method, target, templated
+    /// headers), id, timestamp, signature and length. A GET carries no body and no
+    /// content-type; its signature covers the empty body it sends.
     fn request(
         &self,
         id: &str,
         now: SystemTime,
         body: Bytes,
+        shape: Option<&Shape>,
     ) -> Result<Request<Full<Bytes>>, HttpError> {
+        if let Some(error) = shape.and_then(|s| s.unsendable.as_ref()) {
+            return Err(HttpError::Unsendable(error.clone()));
+        }
+        let method = match shape.and_then(|s| s.method) {
+            Some(m) => http_method(m),
+            None => self.method.clone(),
+        };
+        let uri = match shape.and_then(|s| s.target.as_deref()) {
+            Some(target) => Uri::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes()))
+                .map_err(|_| {
+                    HttpError::Unsendable("the rendered URL is not a valid request target".into())
+                })?,
+            None => self.uri.clone(),
+        };
+        let get = method == Method::GET;
+        let body = if get { Bytes::new() } else { body };
         let timestamp = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
@@ -168,6 +191,18 @@ impl Client {
         let mut headers = HeaderMap::with_capacity(self.fixed.len() + 4);
         for (name, value) in &self.fixed {
             headers.insert(name.clone(), value.clone());
+        }
+        if get {
+            headers.remove(CONTENT_TYPE);
+        }
+        for (name, value) in shape.map(|s| s.headers.as_slice()).unwrap_or_default() {
+            let name = HeaderName::try_from(name.as_str())
+                .map_err(|_| HttpError::Unsendable(format!("`{name}` is not a header name")))?;
+            let mut value = HeaderValue::try_from(value.as_str()).map_err(|_| {
+                HttpError::Unsendable(format!("header {name}: not a valid header value"))
+            })?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
         }
         // Base64, visible ASCII (header_safe) and digits: these conversions do not fail, but
         // if one ever did, the request must not go out unsigned or without its id.
@@ -183,12 +218,24 @@ impl Client {
         let v = HeaderValue::try_from(timestamp)
             .map_err(|_| HttpError::Request("the timestamp is not a valid header value"))?;
         headers.insert(WEBHOOK_TIMESTAMP.clone(), v);
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if !get {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
         let mut request = Request::new(Full::new(body));
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
         *request.headers_mut() = headers;
         Ok(request)
+    }
+}
+
+fn http_method(m: HttpMethod) -> Method {
+    match m {
+        HttpMethod::Post => Method::POST,
+        HttpMethod::Put => Method::PUT,
+        HttpMethod::Patch => Method::PATCH,
+        HttpMethod::Get => Method::GET,
+        HttpMethod::Delete => Method::DELETE,
     }
 }
 
@@ -304,7 +351,7 @@ mod tests {
         let tls = super::super::connection::tls_config().unwrap();
         let c = Client::new("t", &DeliverySpec::new(url), &tls).unwrap();
         let req = c
-            .request("evt_1", SystemTime::now(), Bytes::from_static(b"{}"))
+            .request("evt_1", SystemTime::now(), Bytes::from_static(b"{}"), None)
             .unwrap();
         assert_eq!(req.uri(), "/a/b?x=1");
         assert_eq!(req.headers()[HOST], "127.0.0.1:8080");

@@ -61,6 +61,10 @@ pub enum HttpError {
     /// sent: a request is never sent unsigned or with a header left out.
     #[error("cannot build the request: {0}")]
     Request(&'static str),
+    /// A template or `body` failed for this event: no request can be made for it. It fails
+    /// like a 4xx (the event, not the target, is at fault).
+    #[error("cannot build the request: {0}")]
+    Unsendable(String),
 }
 
 /// Where a target's connections go: resolved once from its URL.

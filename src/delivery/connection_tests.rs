@@ -229,6 +229,7 @@ async fn a_lane_keeps_one_connection_for_many_requests() {
             body: body(),
             order_key: i,
             txn: ack(i),
+            shape: None,
         };
         d.submit(T0, job).await;
     }
@@ -257,7 +258,7 @@ async fn connection_close_and_an_idle_close_are_followed_by_a_new_connection() {
     let c = client(&format!("http://{}/", server.addr), 5 * SECOND);
     let mut conn = Connection::new();
     for _ in 0..3 {
-        let a = c.send(&mut conn, "evt", body()).await;
+        let a = c.send(&mut conn, "evt", body(), None).await;
         assert_eq!(a.verdict, Verdict::Delivered, "{:?}", a.error);
         assert!(!conn.is_open(), "closed after connection: close");
     }
@@ -266,7 +267,7 @@ async fn connection_close_and_an_idle_close_are_followed_by_a_new_connection() {
     let server = raw(|_| Answer::WriteAndClose(ok_empty())).await;
     let c = client(&format!("http://{}/", server.addr), 5 * SECOND);
     for _ in 0..3 {
-        let a = c.send(&mut conn, "evt", body()).await;
+        let a = c.send(&mut conn, "evt", body(), None).await;
         assert_eq!(a.verdict, Verdict::Delivered, "{:?}", a.error);
         // Let the FIN arrive: the next request must notice it before writing, not fail.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -311,11 +312,11 @@ async fn a_body_over_the_drain_limit_drops_the_connection_but_not_the_status() {
     .await;
     let c = client(&format!("http://{}/", server.addr), 5 * SECOND);
     let mut conn = Connection::new();
-    let a = c.send(&mut conn, "evt", body()).await;
+    let a = c.send(&mut conn, "evt", body(), None).await;
     assert_eq!(a.verdict, Verdict::Delivered);
     assert!(!conn.is_open());
     // The server's next request would have been on the same connection: it is a new one.
-    let a = c.send(&mut conn, "evt", body()).await;
+    let a = c.send(&mut conn, "evt", body(), None).await;
     assert_eq!(
         a.verdict,
         Verdict::Retry(Reason::ServerError),
@@ -333,7 +334,7 @@ async fn a_body_over_the_drain_limit_drops_the_connection_but_not_the_status() {
     let mut conn = Connection::new();
     for _ in 0..3 {
         assert_eq!(
-            c.send(&mut conn, "e", body()).await.verdict,
+            c.send(&mut conn, "e", body(), None).await.verdict,
             Verdict::Delivered
         );
         assert!(conn.is_open());
@@ -350,7 +351,7 @@ async fn a_server_that_never_answers_times_out() {
     );
     let mut conn = Connection::new();
     let started = Instant::now();
-    let a = c.send(&mut conn, "evt", body()).await;
+    let a = c.send(&mut conn, "evt", body(), None).await;
     let took = started.elapsed();
     assert_eq!(a.verdict, Verdict::Retry(Reason::Timeout));
     assert!(
@@ -372,7 +373,7 @@ async fn a_server_that_never_answers_times_out() {
         &format!("http://{}/", server_stall.addr),
         Duration::from_millis(200),
     );
-    let a = c.send(&mut conn, "evt", body()).await;
+    let a = c.send(&mut conn, "evt", body(), None).await;
     assert_eq!(a.verdict, Verdict::Delivered);
     assert!(!conn.is_open());
 }
@@ -385,7 +386,7 @@ async fn refused_connections_are_connect_errors_without_credentials() {
     };
     let c = client(&format!("http://user:s3cret@{addr}/hook?token=abc"), SECOND);
     let mut conn = Connection::new();
-    let a = c.send(&mut conn, "evt", body()).await;
+    let a = c.send(&mut conn, "evt", body(), None).await;
     assert_eq!(a.verdict, Verdict::Retry(Reason::Connect));
     let error = a.error.unwrap();
     let mut text = error.to_string();
@@ -468,7 +469,7 @@ async fn https_sends_sni_offers_only_http1_and_keeps_the_connection() {
     );
     let mut conn = Connection::new();
     for _ in 0..3 {
-        let a = c.send(&mut conn, "evt", body()).await;
+        let a = c.send(&mut conn, "evt", body(), None).await;
         assert_eq!(a.verdict, Verdict::Delivered, "{:?}", a.error);
     }
     let seen = seen.lock().unwrap().clone();
@@ -487,7 +488,7 @@ async fn https_refuses_a_certificate_the_webpki_roots_do_not_vouch_for() {
         5 * SECOND,
     );
     let mut conn = Connection::new();
-    let a = c.send(&mut conn, "evt", body()).await;
+    let a = c.send(&mut conn, "evt", body(), None).await;
     assert_eq!(a.verdict, Verdict::Retry(Reason::Connect));
     assert!(
         matches!(a.error, Some(HttpError::Tls { .. })),

@@ -259,7 +259,16 @@ pub(super) async fn run(
                 continue;
             }
         }
-        let n = pending.len().min(shared.batch);
+        // A request carries jobs of one shape (method, URL, templated headers).
+        let first = pending.front().and_then(|q| q.job.shape.as_deref());
+        let n = pending
+            .iter()
+            .take(shared.batch)
+            .take_while(|q| {
+                q.job.shape.as_deref() == first && first.is_none_or(|s| s.unsendable.is_none())
+            })
+            .count()
+            .max(1);
         let head: Vec<Queued> = pending.drain(..n).collect();
         // Every job left has the current epoch, so the batch is discarded as a whole or not.
         match deliver(&shared, &mut conn, &head, &mut stop).await {
@@ -450,13 +459,10 @@ impl Shared {
         }
     }
 
-    /// Counts one attempt of `events` events (metrics, activity, the failing episode).
-    pub fn record(&self, result: &Attempt, events: u64, took: Duration) {
-        self.record_attempt(result, events, took, true);
-    }
-
-    /// [`Shared::record`]; a final 4xx counts towards the target's failing episode only when
-    /// `rejected_fails` (an unparked event's 4xx says nothing about the target as a whole).
+    /// Counts one attempt of `events` events (metrics, activity, the failing episode). A
+    /// final 4xx counts towards the target's failing episode only when `rejected_fails` (an
+    /// unparked event's 4xx, or an event no request can be made for, says nothing about the
+    /// target as a whole).
     pub fn record_attempt(
         &self,
         result: &Attempt,
@@ -513,8 +519,11 @@ async fn deliver(
         }
         attempt = attempt.saturating_add(1);
         let started = Instant::now();
-        let result = shared.client.send(conn, &id, body.clone()).await;
-        shared.record(&result, events, started.elapsed());
+        let shape = queued.first().and_then(|q| q.job.shape.as_deref());
+        let result = shared.client.send(conn, &id, body.clone(), shape).await;
+        // An event no request can be made for says nothing about the target.
+        let fails_target = shape.is_none_or(|s| s.unsendable.is_none());
+        shared.record_attempt(&result, events, started.elapsed(), fails_target);
         let failing_for = first_failure.get_or_insert_with(Instant::now).elapsed();
         let failure = || Failure {
             attempts: attempt,

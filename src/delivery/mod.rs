@@ -58,6 +58,14 @@ use lane::{Queued, Shared, TargetMetrics, Throttle};
 
 pub use sign::verify;
 
+/// Why a trigger's request for an event could not be built.
+pub fn unsendable(error: String) -> Option<Box<Shape>> {
+    Some(Box::new(Shape {
+        unsendable: Some(error),
+        ..Shape::default()
+    }))
+}
+
 /// Bytes of queued bodies one target may hold before `submit` waits.
 pub const TARGET_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Bookkeeping charged per job on top of its body, so tiny jobs are bounded too.
@@ -74,6 +82,24 @@ pub struct Job {
     pub order_key: u64,
     /// Transaction the event came from; sent on `acks` once delivered.
     pub txn: Ack,
+    /// How its request differs from the trigger's fixed one (`None`: not at all).
+    pub shape: Option<Box<Shape>>,
+}
+
+/// How one event's request differs from its trigger's fixed method, URL and headers: what
+/// `method` maps, `url` templates and header templates made of it. Jobs are batched only
+/// with jobs of an equal shape, and the shape is stored with a parked event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Shape {
+    /// The method, when the trigger's differs by event type.
+    pub method: Option<crate::config::HttpMethod>,
+    /// The request target (`/path?query`), when the URL is a template.
+    pub target: Option<String>,
+    /// Headers from templates, rendered: (lower-case name, value).
+    pub headers: Vec<(String, String)>,
+    /// Why no request can be made (a template or `body` failed for this event): it is never
+    /// sent, and fails like a request answered 4xx.
+    pub unsendable: Option<String>,
 }
 
 /// What a delivered job reports back: which transaction of which replication session it

@@ -111,6 +111,7 @@ pub fn classify_error(err: &HttpError) -> Verdict {
         // A certificate the receiver's operator must fix still heals on retry once fixed.
         HttpError::Connect { .. } | HttpError::Tls { .. } => Verdict::Retry(Reason::Connect),
         HttpError::Http(_) | HttpError::Request(_) => Verdict::Retry(Reason::Transport),
+        HttpError::Unsendable(_) => Verdict::Rejected,
     }
 }
 

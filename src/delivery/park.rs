@@ -167,6 +167,7 @@ pub(super) async fn store(
             event_id: &q.job.id,
             order_key: q.job.order_key,
             body: &q.job.body,
+            shape: q.job.shape.as_deref(),
         })
         .collect();
     let mut attempt = 0u32;
@@ -574,7 +575,7 @@ async fn worker(
         down: false,
     };
     let mut blocked: HashSet<u64> = HashSet::new();
-    let mut rows = rows.into_iter();
+    let mut rows = rows.into_iter().peekable();
     loop {
         if !shared.fence.may_send() {
             // The rest of these rows' keys must not be sent out of order by a later page:
@@ -582,12 +583,23 @@ async fn worker(
             out.down = true;
             break;
         }
+        // A request carries rows of one shape; a row of another starts the next request.
         let mut group: Vec<ParkedRow> = Vec::with_capacity(shared.batch);
         while group.len() < shared.batch {
-            match rows.next() {
+            let fits = |r: &ParkedRow| match group.first() {
+                None => true,
+                Some(first) => {
+                    r.shape == first.shape
+                        && first.shape.as_ref().is_none_or(|s| s.unsendable.is_none())
+                }
+            };
+            match rows.peek() {
                 None => break,
-                Some(r) if blocked.contains(&r.order_key) => continue,
-                Some(r) => group.push(r),
+                Some(r) if blocked.contains(&r.order_key) => {
+                    rows.next();
+                }
+                Some(r) if fits(r) => group.extend(rows.next()),
+                Some(_) => break,
             }
         }
         if group.is_empty() {
@@ -600,11 +612,13 @@ async fn worker(
                 body: r.body.clone(),
                 order_key: r.order_key,
                 txn: Ack { session: 0, txn: 0 },
+                shape: None,
             })
             .collect();
         let (id, body) = batch::request(jobs.iter(), shared.batch);
         let started = Instant::now();
-        let result = shared.client.send(&mut conn, &id, body).await;
+        let shape = group.first().and_then(|r| r.shape.as_deref());
+        let result = shared.client.send(&mut conn, &id, body, shape).await;
         shared.record_attempt(&result, group.len() as u64, started.elapsed(), false);
         if result.verdict == Verdict::Delivered {
             out.delivered

@@ -276,5 +276,28 @@ fn change(
         committed_at: txn.committed_at,
         seq,
         key,
+        key_columns: rel.key_names.clone(),
+        truncate: None,
     }
+}
+
+/// The event of one table of a Truncate (the options are pgoutput's bits: 1 CASCADE, 2
+/// RESTART IDENTITY).
+pub fn truncate(rel: &CachedRelation, txn: &TxnContext, seq: u64, options: u8) -> Change {
+    let mut c = change(
+        rel,
+        txn,
+        seq,
+        ChangeKind::Truncate,
+        None,
+        None,
+        None,
+        Vec::new(),
+        None,
+    );
+    c.truncate = Some(crate::event::TruncateOptions {
+        cascade: options & 1 != 0,
+        restart_identity: options & 2 != 0,
+    });
+    c
 }

@@ -127,6 +127,8 @@ pub struct CachedRelation {
     /// identity key, or under REPLICA IDENTITY FULL (where every column is flagged) the
     /// primary key. Empty when the table has neither.
     pub key_columns: Vec<usize>,
+    /// The names of `key_columns`, shared with every change of the table.
+    pub key_names: Arc<[String]>,
 }
 
 /// Relations by OID and types by OID, for one replication session.
@@ -233,7 +235,12 @@ impl RelationCache {
                 .filter(|&i| rel.columns[i].is_key)
                 .collect()
         };
+        let key_names: Arc<[String]> = key_columns
+            .iter()
+            .map(|&i| rel.columns[i].name.clone())
+            .collect();
         let cached = CachedRelation {
+            key_names,
             schema: Arc::from(rel.namespace.as_str()),
             table: Arc::from(rel.name.as_str()),
             types,

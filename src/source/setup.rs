@@ -522,6 +522,34 @@ pub async fn current_database(client: &Client) -> Result<String, SetupError> {
         .map_err(sql("reading the database name"))
 }
 
+/// The server's `server_version_num` (150018 for 15.18).
+pub async fn server_version_num(client: &Client) -> Result<u32, SetupError> {
+    let v: String = client
+        .query_one("SELECT current_setting('server_version_num')", &[])
+        .await
+        .map_err(sql("reading the server version"))?
+        .try_get(0)
+        .map_err(sql("reading the server version"))?;
+    Ok(v.trim().parse().unwrap_or(0))
+}
+
+/// Whether publication `publication` publishes truncates (`None`: it does not exist; run
+/// creates it with the default, which does).
+pub async fn publishes_truncate(
+    client: &Client,
+    publication: &str,
+) -> Result<Option<bool>, SetupError> {
+    let row = client
+        .query_opt(
+            "SELECT pubtruncate FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(sql("reading the publication"))?;
+    row.map(|r| r.try_get(0).map_err(sql("reading the publication")))
+        .transpose()
+}
+
 /// Why an existing slot cannot be used by walhook in `database`, if it cannot.
 pub fn slot_mismatch(slot: &str, state: &SlotState, database: &str) -> Option<SetupError> {
     let problem = if state.plugin != "pgoutput" {

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::event::Change;
+use crate::event::{Change, Message};
 use crate::lsn::Lsn;
 use crate::source::changes::{self, ChangeError, TxnContext};
 use crate::source::connection::{ConnectError, ReplicationReader, ReplicationWriter};
@@ -41,6 +41,14 @@ pub enum SourceEvent {
     },
     /// A row change inside the current transaction.
     Change(Change),
+    /// A logical decoding message: inside the current transaction when `standalone` is
+    /// false; otherwise (non-transactional) on its own, confirmable at its LSN once delivered.
+    Message {
+        /// The message.
+        message: Message,
+        /// Not part of a transaction.
+        standalone: bool,
+    },
     /// The current transaction ended; `end_lsn` may be confirmed once it is delivered.
     Commit(Commit),
     /// The server has sent everything up to `wal_end`; confirmable when nothing is in flight.
@@ -195,6 +203,8 @@ pub struct ReplicationStream {
     stop_writer: Arc<Notify>,
     txn: Option<TxnContext>,
     seq: u64,
+    /// Events decoded from one message and not yet returned (a Truncate of several tables).
+    backlog: std::collections::VecDeque<SourceEvent>,
 }
 
 impl ReplicationStream {
@@ -219,6 +229,7 @@ impl ReplicationStream {
             stop_writer,
             txn: None,
             seq: 0,
+            backlog: std::collections::VecDeque::new(),
         }
     }
 
@@ -244,6 +255,9 @@ impl ReplicationStream {
 
     /// The next event. Cancel-safe only between events (it may be awaiting a catalog query).
     pub async fn next(&mut self) -> Result<SourceEvent, SourceError> {
+        if let Some(event) = self.backlog.pop_front() {
+            return Ok(event);
+        }
         loop {
             let received = match self.relations.idle_deadline() {
                 // reader.recv is cancel-safe: nothing is lost when the timer wins.
@@ -319,11 +333,46 @@ impl ReplicationStream {
                 let (rel, txn, seq) = self.change_context(relation, "Delete")?;
                 SourceEvent::Change(changes::delete(rel, &txn, seq, &old).map_err(txn.err())?)
             }
-            // Truncate is not a row event; Type/Origin/Message carry nothing walhook routes.
-            PgOutput::Truncate { .. }
-            | PgOutput::Type { .. }
-            | PgOutput::Origin { .. }
-            | PgOutput::Message { .. } => return Ok(None),
+            PgOutput::Truncate { options, relations } => {
+                // One event per table, in the order Postgres lists them.
+                for relation in relations {
+                    let (rel, txn, seq) = self.change_context(relation, "Truncate")?;
+                    let change = changes::truncate(rel, &txn, seq, options);
+                    self.backlog.push_back(SourceEvent::Change(change));
+                }
+                return Ok(self.backlog.pop_front());
+            }
+            PgOutput::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => match self.txn {
+                // A non-transactional message emitted inside a transaction still arrives on
+                // its own; one that arrives inside a transaction is delivered with it.
+                Some(txn) => {
+                    let seq = self.seq;
+                    self.seq += 1;
+                    let txn_info = Some((txn.xid, txn.committed_at));
+                    SourceEvent::Message {
+                        message: Message::new(
+                            transactional,
+                            prefix,
+                            &content,
+                            txn.commit_lsn,
+                            txn_info,
+                            seq,
+                        ),
+                        standalone: false,
+                    }
+                }
+                None => SourceEvent::Message {
+                    message: Message::new(transactional, prefix, &content, lsn, None, 0),
+                    standalone: true,
+                },
+            },
+            // Type and Origin carry nothing walhook routes.
+            PgOutput::Type { .. } | PgOutput::Origin { .. } => return Ok(None),
         };
         Ok(Some(event))
     }

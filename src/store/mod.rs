@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "parked",
         sql: include_str!("../../sql/migrations/0002_parked.sql"),
     },
+    Migration {
+        version: 3,
+        name: "parked_requests",
+        sql: include_str!("../../sql/migrations/0003_parked_requests.sql"),
+    },
 ];
 
 /// Creates the schema (`sql/walhook.sql` only: `migrate` skips it when the schema exists,

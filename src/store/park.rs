@@ -21,6 +21,8 @@ use serde::Serialize;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::Client;
 
+use crate::config::HttpMethod;
+use crate::delivery::Shape;
 use crate::source::connection::ConnectError;
 use crate::source::conninfo::{self, ConnInfo};
 use crate::store::{StoreError, sql};
@@ -52,6 +54,8 @@ pub struct NewRow<'a> {
     pub order_key: u64,
     /// The exact body.
     pub body: &'a [u8],
+    /// How its request differs from the trigger's fixed one.
+    pub shape: Option<&'a Shape>,
 }
 
 /// How the delivery of the events being parked went so far.
@@ -82,6 +86,8 @@ pub struct ParkedRow {
     pub failing_for: Duration,
     /// How long until its retry is due (`None`: due now).
     pub due_in: Option<Duration>,
+    /// How its request differs from the trigger's fixed one.
+    pub shape: Option<Box<Shape>>,
 }
 
 /// What became of a row sent from the table and not answered 2xx.
@@ -156,6 +162,40 @@ pub struct ReplayFilter {
     pub since: Option<SystemTime>,
     /// Pending rows (made due now) instead of dead ones (made pending again).
     pub pending: bool,
+}
+
+/// A parked row's request shape from its columns (`None`: the trigger's fixed request).
+fn parked_shape(
+    method: Option<String>,
+    target: Option<String>,
+    unsendable: Option<String>,
+    headers: Option<String>,
+) -> Option<Box<Shape>> {
+    let headers: Vec<(String, String)> = headers
+        .and_then(|h| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&h).ok())
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned())))
+        .collect();
+    let method = match method.as_deref().map(|m| (m, HttpMethod::parse(m))) {
+        None => None,
+        Some((_, Some(m))) => Some(m),
+        // Never sent with a method walhook did not mean.
+        Some((m, None)) => {
+            let unsendable = Some(format!("unknown method `{m}` in walhook.parked"));
+            return Some(Box::new(Shape {
+                unsendable,
+                ..Shape::default()
+            }));
+        }
+    };
+    let shape = Shape {
+        method,
+        target,
+        headers,
+        unsendable,
+    };
+    (shape != Shape::default()).then(|| Box::new(shape))
 }
 
 struct Conn {
@@ -243,6 +283,30 @@ impl ParkStore {
         // The key is a u64 hash; bigint holds its bits.
         let keys: Vec<i64> = rows.iter().map(|r| r.order_key as i64).collect();
         let bodies: Vec<&[u8]> = rows.iter().map(|r| r.body).collect();
+        let methods: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.shape.and_then(|s| s.method).map(HttpMethod::as_str))
+            .collect();
+        let targets: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.shape.and_then(|s| s.target.as_deref()))
+            .collect();
+        let unsendable: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.shape.and_then(|s| s.unsendable.as_deref()))
+            .collect();
+        let headers: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let h: serde_json::Map<String, serde_json::Value> = r
+                    .shape
+                    .iter()
+                    .flat_map(|s| &s.headers)
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect();
+                serde_json::Value::Object(h).to_string()
+            })
+            .collect();
         let attempts = i32::try_from(failure.attempts).unwrap_or(i32::MAX);
         let failing = failure.failing_for.as_secs_f64();
         let mut s = self.session().await?;
@@ -250,10 +314,13 @@ impl ParkStore {
             .client()
             .query(
                 "INSERT INTO walhook.parked \
-                   (trigger, event_id, order_key, body, headers, state, attempts, first_failure, last_error) \
-                 SELECT $1, e, k, b, jsonb_build_object('webhook-id', e), $5, \
-                        CASE WHEN n = 1 THEN $6 ELSE 0 END, now() - make_interval(secs => $7), $8 \
-                 FROM unnest($2::text[], $3::bigint[], $4::bytea[]) WITH ORDINALITY AS u(e, k, b, n) \
+                   (trigger, event_id, order_key, body, headers, state, attempts, first_failure, last_error, \
+                    method, target, unsendable) \
+                 SELECT $1, e, k, b, h::jsonb || jsonb_build_object('webhook-id', e), $5, \
+                        CASE WHEN n = 1 THEN $6 ELSE 0 END, now() - make_interval(secs => $7), $8, \
+                        m, t, x \
+                 FROM unnest($2::text[], $3::bigint[], $4::bytea[], $9::text[], $10::text[], $11::text[], $12::text[]) \
+                      WITH ORDINALITY AS u(e, k, b, h, m, t, x, n) \
                  ORDER BY n \
                  ON CONFLICT (trigger, event_id) DO NOTHING \
                  RETURNING event_id",
@@ -266,6 +333,10 @@ impl ParkStore {
                     &attempts,
                     &failing,
                     &failure.error,
+                    &headers,
+                    &methods,
+                    &targets,
+                    &unsendable,
                 ],
             )
             .await
@@ -305,7 +376,8 @@ impl ParkStore {
             .query(
                 "SELECT id, event_id, order_key, body, attempts, \
                         extract(epoch FROM now() - first_failure)::float8, \
-                        CASE WHEN next_attempt_at > now() THEN extract(epoch FROM next_attempt_at - now())::float8 END \
+                        CASE WHEN next_attempt_at > now() THEN extract(epoch FROM next_attempt_at - now())::float8 END, \
+                        method, target, unsendable, (headers - 'webhook-id')::text \
                  FROM walhook.parked \
                  WHERE trigger = $1 AND state = 'pending' AND id > $2 \
                  ORDER BY id LIMIT $3",
@@ -332,6 +404,12 @@ impl ParkStore {
                         .try_get::<_, Option<f64>>(6)
                         .map_err(context())?
                         .map(|s| Duration::try_from_secs_f64(s).unwrap_or_default()),
+                    shape: parked_shape(
+                        row.try_get(7).map_err(context())?,
+                        row.try_get(8).map_err(context())?,
+                        row.try_get(9).map_err(context())?,
+                        row.try_get(10).map_err(context())?,
+                    ),
                 })
             })
             .collect()
