@@ -59,7 +59,7 @@ async fn receive<W: Write + Send + 'static>(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    // A health check (walhook delivers with POST, PUT or PATCH, never GET): not printed.
+    // A health check: not printed (a GET trigger shows up on any other path).
     if method == Method::GET && uri.path() == "/healthz" {
         return StatusCode::OK;
     }
@@ -96,8 +96,13 @@ fn render(
     let timestamp = timestamp.map(|t| t.parse::<u64>().map_or_else(|_| json!(t), |n| json!(n)));
     // Parsed and re-printed compactly so the line stays one line; preserve_order and
     // arbitrary_precision keep keys and numbers as sent.
-    let body = serde_json::from_slice::<Value>(body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+    // A GET (or a DELETE without a body) has none: null.
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice::<Value>(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+    };
     let mut line = json!({
         "webhook_id": id,
         "timestamp": timestamp,
@@ -124,6 +129,16 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_get_has_a_null_body_and_its_query() {
+        let uri: Uri = "/search?name=a%20b".parse().unwrap();
+        let (line, _) = render(None, &Method::GET, &uri, &HeaderMap::new(), b"");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["path"], "/search?name=a%20b");
+        assert!(v["body"].is_null());
     }
 
     #[test]

@@ -197,7 +197,8 @@ async fn messages_and_truncates(
         report.push(
             Severity::Error,
             format!(
-                "triggers {} ask for truncate events, but publication {:?} does not publish                  truncates (fix: ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate'))",
+                "triggers {} ask for truncate events, but publication {:?} does not publish \
+                 truncates (fix: ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate'))",
                 truncating.join(", "),
                 config.source.publication,
                 setup::quote_ident(&config.source.publication)

@@ -969,4 +969,152 @@ mod tests {
         // The separator keeps ("ab", "c") and ("a", "bc") apart.
         assert_ne!(stable_hash(&[b"ab", b"c"]), stable_hash(&[b"a", b"bc"]));
     }
+
+    /// The triggers of a config whose `[[trigger]]` tables are `triggers`.
+    fn configured(triggers: &str) -> Vec<Trigger> {
+        let text = format!("[source]\nurl = \"postgres://h/db\"\n{triggers}");
+        match crate::config::parse(&text, std::path::Path::new("walhook.toml"), &|_| None) {
+            Ok(c) => c.triggers,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn keyed(mut c: Change, key: &[&str]) -> Change {
+        c.key_columns = key.iter().map(|k| k.to_string()).collect();
+        c.key = Some("k".into());
+        c
+    }
+
+    #[test]
+    fn rest_requests_take_method_path_headers_and_body_from_the_event() {
+        let router = Router::new(&configured(
+            r#"[[trigger]]
+name = "items"
+table = "items"
+url = "http://h/items/{key.id}?name={record.name}"
+method = { create = "POST", update = "PUT", delete = "DELETE" }
+headers = { "Idempotency-Key" = "{id}", X-Type = "{type}" }
+body = "{'name': record.name, 'n': record.n * 2, 'tags': [trigger, table]}"
+"#,
+        ));
+        let ins = keyed(
+            insert("items", r#"{"id":"a b/c","name":"x&y","n":21}"#),
+            &["id"],
+        );
+        let r = router.route(&ins).remove(0);
+        let shape = r.shape.as_deref().unwrap();
+        assert_eq!(shape.method, Some(crate::config::HttpMethod::Post));
+        assert_eq!(shape.target.as_deref(), Some("/items/a%20b%2Fc?name=x%26y"));
+        assert_eq!(
+            shape.headers,
+            vec![
+                ("idempotency-key".to_owned(), r.id.clone()),
+                ("x-type".to_owned(), "create".to_owned())
+            ]
+        );
+        // Map keys sorted: the same event always gives the same bytes.
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            r#"{"n":42,"name":"x&y","tags":["items","items"]}"#
+        );
+        // A delete takes its key from the old row.
+        let del = keyed(
+            change(ChangeKind::Delete, "items", None, Some(r#"{"id":7}"#)),
+            &["id"],
+        );
+        let r = router.route(&del).remove(0);
+        let shape = r.shape.as_deref().unwrap();
+        // record.name is null for a delete: the event cannot be sent, and says why.
+        let why = shape.unsendable.as_deref().unwrap();
+        assert!(why.starts_with("url: `{record.name}`: "), "{why}");
+        assert_eq!(
+            body(&r)["type"],
+            "delete",
+            "an unsendable event keeps its envelope"
+        );
+    }
+
+    #[test]
+    fn a_plain_trigger_has_no_shape_and_a_method_map_only_a_method() {
+        let router = Router::new(&configured(
+            "[[trigger]]\nname = \"a\"\ntable = \"t\"\nurl = \"http://h/\"\n\
+             [[trigger]]\nname = \"b\"\ntable = \"t\"\nurl = \"http://h/\"\n\
+             method = { create = \"PUT\", update = \"PATCH\", delete = \"DELETE\" }\n",
+        ));
+        let routed = router.route(&insert("t", r#"{"id":1}"#));
+        assert!(routed[0].shape.is_none());
+        let shape = routed[1].shape.as_deref().unwrap();
+        assert_eq!(shape.method, Some(crate::config::HttpMethod::Put));
+        assert_eq!(shape.target, None);
+        assert_eq!(body(&routed[1])["type"], "create");
+    }
+
+    #[test]
+    fn truncates_fire_only_triggers_that_ask() {
+        let router = Router::new(&configured(
+            "[[trigger]]\nname = \"rows\"\ntable = \"t\"\nurl = \"http://h/\"\n\
+             [[trigger]]\nname = \"all\"\ntable = \"t\"\nurl = \"http://h/\"\n\
+             events = [\"create\", \"truncate\"]\n",
+        ));
+        let mut t = change(ChangeKind::Truncate, "t", None, None);
+        t.truncate = Some(crate::event::TruncateOptions {
+            cascade: true,
+            restart_identity: false,
+        });
+        let routed = router.route(&t);
+        assert_eq!(routed.len(), 1);
+        let b = body(&routed[0]);
+        assert_eq!(b["type"], "truncate");
+        assert_eq!(b["trigger"], "all");
+        assert_eq!(b["cascade"], true);
+        assert_eq!(b["restart_identity"], false);
+        assert!(b["record"].is_null() && b["old_record"].is_null());
+    }
+
+    #[test]
+    fn messages_fire_by_prefix() {
+        let router = Router::new(&configured(
+            "[[trigger]]\nname = \"exact\"\nmessage = \"orders.shipped\"\nurl = \"http://h/\"\n\
+             [[trigger]]\nname = \"prefix\"\nmessage = \"orders.*\"\nurl = \"http://h/{prefix}\"\n\
+             when = \"content.total > 10\"\n",
+        ));
+        let msg = |prefix: &str, content: &str| {
+            Message::new(
+                true,
+                prefix.into(),
+                content.as_bytes(),
+                Lsn(0x10),
+                Some((9, PgTimestamp(0))),
+                2,
+            )
+        };
+        let routed = router.route_message(&msg("orders.shipped", r#"{"total": 20}"#));
+        assert_eq!(routed.len(), 2);
+        let b = body(&routed[0]);
+        assert_eq!(b["type"], "message");
+        assert_eq!(b["prefix"], "orders.shipped");
+        assert_eq!(b["content"]["total"], 20);
+        assert_eq!(b["transactional"], true);
+        assert_eq!(b["xid"], 9);
+        assert_eq!(routed[0].id, "0000000000000010-2-exact");
+        assert_eq!(
+            routed[1].shape.as_deref().unwrap().target.as_deref(),
+            Some("/orders.shipped")
+        );
+        // `when` on content; text content stays text.
+        assert!(
+            router
+                .route_message(&msg("orders.paid", r#"{"total": 5}"#))
+                .is_empty()
+        );
+        let text = router.route_message(&msg("orders.shipped", "not json"));
+        assert_eq!(text.len(), 1, "content.total fails on text: filtered out");
+        assert_eq!(body(&text[0])["content"], "not json");
+        assert!(router.route_message(&msg("order", "{}")).is_empty());
+        // A message outside any transaction has its own id form and no xid.
+        let loose = Message::new(false, "orders.shipped".into(), b"{}", Lsn(0x20), None, 0);
+        let r = router.route_message(&loose);
+        assert_eq!(r[0].id, "0000000000000020-n-exact");
+        assert!(body(&r[0])["xid"].is_null());
+    }
 }

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use walhook::config::{HttpMethod, Methods, On4xx, RetrySettings, TableName, Trigger, TriggerId};
 use walhook::delivery::sign::Signer;
-use walhook::delivery::{Ack, Dispatcher, Job, verify};
+use walhook::delivery::{Ack, Dispatcher, Job, Shape, verify};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -137,7 +137,9 @@ async fn handle(
     // Logged before the answer leaves, so "acked ⇒ logged as delivered" is a sound check.
     inner.log.lock().unwrap().push(Req {
         method,
-        path: uri.path().to_owned(),
+        path: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
         headers,
         body,
         at: Instant::now(),
@@ -368,6 +370,79 @@ async fn batches_wrap_raw_events_in_order() {
             .any(|r| r.json()["events"].as_array().unwrap().len() == 10),
         "full batches were formed"
     );
+    d.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_holds_events_of_one_shape_only() {
+    // The first request is slow, so the rest of the jobs are queued when the lane comes back.
+    let rx_http = receiver(|n| Reply {
+        delay: if n == 0 {
+            Duration::from_millis(200)
+        } else {
+            Duration::ZERO
+        },
+        ..status(200)
+    })
+    .await;
+    let mut t = target(rx_http.url());
+    t.delivery.batch = nz(10);
+    let (d, mut rx) = start(t);
+    // 0: the trigger's own request; 1-4: PUT /items/a; 5-6: DELETE /items/b; 7: unsendable;
+    // 8-9: PUT /items/a again.
+    let shape = |i: u64| -> Option<Box<Shape>> {
+        let s = |method, target: &str| Shape {
+            method: Some(method),
+            target: Some(target.to_owned()),
+            headers: vec![("x-key".to_owned(), target.to_owned())],
+            unsendable: None,
+        };
+        match i {
+            0 => None,
+            1..=4 | 8 | 9 => Some(Box::new(s(HttpMethod::Put, "/items/a"))),
+            5 | 6 => Some(Box::new(s(HttpMethod::Delete, "/items/b"))),
+            _ => walhook::delivery::unsendable("url: `{record.x}` is null".to_owned()),
+        }
+    };
+    for i in 0..10 {
+        d.submit(
+            T0,
+            Job {
+                order_key: 0,
+                shape: shape(i),
+                ..job(i)
+            },
+        )
+        .await;
+    }
+    // The unsendable event is retried like a 4xx (no park store here), so it holds its
+    // lane; nothing is ever sent for it.
+    let mut got = acks(&mut rx, 7, Duration::from_secs(5)).await;
+    got.sort_unstable();
+    assert_eq!(got, (0..7).collect::<Vec<_>>());
+    assert!(
+        no_more_acks(&mut rx, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+    let shown: Vec<(String, String, String, usize)> = rx_http
+        .requests()
+        .iter()
+        .map(|r| {
+            (
+                r.method.to_string(),
+                r.path.clone(),
+                r.header("x-key").to_owned(),
+                r.json()["events"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String, usize)> = vec![
+        ("POST".into(), "/hook".into(), "".into(), 1),
+        ("PUT".into(), "/items/a".into(), "/items/a".into(), 4),
+        ("DELETE".into(), "/items/b".into(), "/items/b".into(), 2),
+    ];
+    assert_eq!(shown, want);
     d.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -641,6 +641,14 @@ impl Reader<'_> {
             self.problem(found.span.clone(), key, message);
             return None;
         }
+        // Types the trigger never fires take the method of one it does, so a map that gives
+        // every fired type the same method is as uniform as a plain `method = "…"`.
+        if let Some(first) = types.first() {
+            let m = methods.of(*first);
+            for t in EventType::ALL.iter().filter(|t| !types.contains(t)) {
+                methods.set(*t, m);
+            }
+        }
         Some(methods)
     }
 

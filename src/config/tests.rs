@@ -488,3 +488,135 @@ fn park_url_names_another_database_for_parked_events() {
     assert!(shown.contains("park.size"), "{shown}");
     assert!(!shown.contains("mysql://x"), "{shown}");
 }
+
+/// A one-trigger file whose trigger (named "t") is `body`.
+fn one_trigger(body: &str) -> String {
+    format!("[source]\nurl = \"${{DATABASE_URL}}\"\n\n[[trigger]]\nname = \"t\"\n{body}")
+}
+
+#[test]
+fn rest_style_triggers_read_method_maps_templates_and_body() {
+    let c = ok(&one_trigger(
+        r#"table = "items"
+url = "https://api.example.com/items/{key.id}?v={{1}}"
+method = { create = "POST", update = "PUT", delete = "DELETE" }
+headers = { "Idempotency-Key" = "{id}", Accept = "application/{{json}}" }
+body = "{'name': record.name}"
+"#,
+    ));
+    let d = &c.triggers[0].delivery;
+    assert_eq!(d.url.host_str(), Some("api.example.com"));
+    let t = d.url_template.as_ref().unwrap();
+    assert_eq!(t.columns.len(), 0, "key.id is not a record column");
+    assert_eq!(
+        d.method.of(EventType::Change(ChangeKind::Delete)),
+        HttpMethod::Delete
+    );
+    assert_eq!(
+        d.method.of(EventType::Change(ChangeKind::Update)),
+        HttpMethod::Put
+    );
+    assert!(!d.method.is_uniform());
+    assert_eq!(d.header_templates.len(), 1);
+    assert_eq!(d.header_templates[0].0.as_str(), "idempotency-key");
+    // No holes: a fixed header, its braces unescaped.
+    assert_eq!(d.headers["accept"], "application/{json}");
+    assert_eq!(d.body.as_ref().unwrap().columns[0].column, "name");
+    assert!(d.shapes_requests());
+
+    let c = ok(&one_trigger(
+        "table = \"items\"\nurl = \"http://h/x\"\nmethod = \"GET\"\n",
+    ));
+    assert_eq!(c.triggers[0].delivery.method, Methods::all(HttpMethod::Get));
+    assert!(!c.triggers[0].delivery.shapes_requests());
+}
+
+#[test]
+fn shaping_mistakes_are_reported() {
+    for (body, want) in [
+        (
+            "table = \"items\"\nurl = \"http://h/x\"\nmethod = { create = \"POST\" }\n",
+            "method: no method for update, delete",
+        ),
+        (
+            "table = \"items\"\nurl = \"http://h/x\"\nmethod = { insert = \"POST\" }\n",
+            "unknown event type `insert`",
+        ),
+        (
+            "table = \"items\"\nurl = \"http://h/x\"\nmethod = \"HEAD\"\n",
+            "method",
+        ),
+        (
+            "table = \"items\"\nurl = \"http://h/x\"\nmethod = \"GET\"\nbatch = 10\n",
+            "batch > 1 cannot be used with GET",
+        ),
+        (
+            "table = \"items\"\nurl = \"http://{record.host}/x\"\n",
+            "scheme, host or port",
+        ),
+        (
+            "table = \"items\"\nurl = \"http://h/{recrod.id}\"\n",
+            "unknown variable `recrod`",
+        ),
+        (
+            "table = \"items\"\nurl = \"http://h/x\"\nheaders = { X-Id = \"{id\" }\n",
+            "never closed",
+        ),
+        (
+            "table = \"items\"\nurl = \"http://h/x\"\nbody = \"\"\n",
+            "empty expression",
+        ),
+        (
+            "table = \"items\"\nurl = \"http://h/x\"\nbody = \"content\"\n",
+            "`content` is a message's variable",
+        ),
+        (
+            "message = \"orders.*\"\nurl = \"http://h/{record.id}\"\n",
+            "`record` is a row change's variable",
+        ),
+        (
+            "message = \"orders.*\"\ntable = \"items\"\nurl = \"http://h/x\"\n",
+            "not both",
+        ),
+        (
+            "message = \"orders.*\"\nurl = \"http://h/x\"\nevents = [\"create\"]\n",
+            "`events` is for table triggers",
+        ),
+        (
+            "message = \"or*ders\"\nurl = \"http://h/x\"\n",
+            "may only end",
+        ),
+        ("message = \"\"\nurl = \"http://h/x\"\n", "empty"),
+        ("url = \"http://h/x\"\n", "message = \"orders.shipped\""),
+    ] {
+        let shown = err(&one_trigger(body)).to_string();
+        assert!(shown.contains(want), "{body}: {shown}");
+    }
+}
+
+#[test]
+fn message_and_truncate_triggers() {
+    let c = ok(&one_trigger(
+        "message = \"orders.*\"\nurl = \"http://h/{prefix}\"\nmethod = { message = \"PUT\" }\nwhen = \"content.total > 10\"\n",
+    ));
+    let t = &c.triggers[0];
+    assert!(t.table().is_none());
+    let Watch::Message(m) = &t.watch else {
+        panic!("a message trigger")
+    };
+    assert!(m.matches("orders.shipped") && !m.matches("order"));
+    assert_eq!(t.delivery.method, Methods::all(HttpMethod::Put));
+    let exact = MessagePattern {
+        prefix: "orders.shipped".into(),
+        wildcard: false,
+    };
+    assert!(exact.matches("orders.shipped") && !exact.matches("orders.shipped.x"));
+
+    let c = ok(&one_trigger(
+        "table = \"items\"\nurl = \"http://h/x\"\nevents = [\"truncate\", \"delete\"]\n",
+    ));
+    assert_eq!(
+        c.triggers[0].route.events,
+        vec![ChangeKind::Truncate, ChangeKind::Delete]
+    );
+}

@@ -311,10 +311,16 @@ pub async fn sync_publication(
         )
         .await
         .map_err(sql("looking up the publication"))?;
+    // Only message triggers: a publication of no table (messages need none).
+    let for_tables = if tables.is_empty() {
+        String::new()
+    } else {
+        format!(" FOR TABLE {list}")
+    };
     let Some(row) = existing.first() else {
         client
             .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {list}{with}",
+                "CREATE PUBLICATION {}{for_tables}{with}",
                 quote_ident(publication)
             ))
             .await
@@ -343,11 +349,24 @@ pub async fn sync_publication(
     if current == wanted {
         return Ok(change);
     }
-    client
-        .batch_execute(&format!(
+    let alter = if tables.is_empty() {
+        let current = current
+            .iter()
+            .map(TableName::quoted)
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "ALTER PUBLICATION {} DROP TABLE {current}",
+            quote_ident(publication)
+        )
+    } else {
+        format!(
             "ALTER PUBLICATION {} SET TABLE {list}",
             quote_ident(publication)
-        ))
+        )
+    };
+    client
+        .batch_execute(&alter)
         .await
         .map_err(sql(format!("updating publication {publication:?}")))?;
     Ok(PublicationChange::Altered)

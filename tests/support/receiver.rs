@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 pub struct Request {
     /// HTTP method.
     pub method: String,
-    /// Request path.
+    /// Request path and query.
     pub path: String,
     /// Headers, names lower-case (last value wins).
     pub headers: HashMap<String, String>,
@@ -256,7 +256,9 @@ async fn handle(
     // Logged before the answer leaves, so "confirmed ⇒ logged as delivered" is a sound check.
     inner.log.lock().unwrap().push(Request {
         method: method.to_string(),
-        path: uri.path().to_owned(),
+        path: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
         headers: headers_map,
         body,
         status,
