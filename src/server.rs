@@ -212,6 +212,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Events whose `when` expression could not be evaluated (counted as false), by trigger.",
     ),
     (
+        "walhook_render_errors_total",
+        MetricKind::Counter,
+        "Events a `url` or header template or a `body` failed for (not sent; they fail like a 4xx), by trigger.",
+    ),
+    (
         "walhook_changed_unknown_total",
         MetricKind::Counter,
         "Updates that fired a trigger with `changed` because the old row was unknown (REPLICA IDENTITY not FULL).",
