@@ -32,12 +32,21 @@ pub async fn check(path: &Path) -> Outcome {
         }
     };
     let router = Router::new(&config.triggers);
+    let on_messages = config
+        .triggers
+        .iter()
+        .filter(|t| t.table().is_none())
+        .count();
+    let messages = match on_messages {
+        0 => String::new(),
+        n => format!(" and {n} on messages"),
+    };
     report.push(
         Severity::Ok,
         format!(
-            "{}: {} trigger(s) on {} table(s)",
+            "{}: {} trigger(s) on {} table(s){messages}",
             path.display(),
-            config.triggers.len(),
+            config.triggers.len() - on_messages,
             router.tables().len()
         ),
     );
