@@ -75,7 +75,92 @@ pub async fn check(path: &Path) -> Outcome {
     if let Some(park) = &config.park {
         park_database(&park.url, report).await;
     }
+    for t in &config.triggers {
+        if let Some(nats) = &t.delivery.nats {
+            jetstream(t, nats, report).await;
+        }
+    }
     out
+}
+
+/// A JetStream trigger: a stream captures each of its subjects (those that do not depend on
+/// the row are worked out for every event type it fires), and its duplicate window covers
+/// `retry.max`. Run starts without them (events are retried and parked until a stream
+/// exists), so these are warnings.
+async fn jetstream(
+    t: &crate::config::Trigger,
+    nats: &crate::config::NatsSpec,
+    report: &mut Report,
+) {
+    let subjects: Vec<String> = match &nats.subject_template {
+        None => vec![nats.subject.clone()],
+        Some(template) => {
+            let types: Vec<&str> = match t.table() {
+                Some(_) => t.route.events.iter().map(|k| k.as_str()).collect(),
+                None => vec!["message"],
+            };
+            let mut out = Vec::new();
+            for ty in types {
+                let mut ctx = cel::Context::default();
+                for v in crate::config::WHEN_VARIABLES {
+                    ctx.add_variable_from_value(*v, cel::Value::Null);
+                }
+                ctx.add_variable_from_value("type", ty);
+                ctx.add_variable_from_value("trigger", t.name.as_str());
+                if let Some(table) = t.table() {
+                    ctx.add_variable_from_value("schema", table.schema.as_str());
+                    ctx.add_variable_from_value("table", table.name.as_str());
+                }
+                match template.render(&ctx) {
+                    Ok(s) if !out.contains(&s) => out.push(s),
+                    Ok(_) => {}
+                    Err(_) => {
+                        report.push(
+                            Severity::Ok,
+                            format!(
+                                "trigger {:?}: its subject depends on each event, so which \
+                                 stream captures it is not checked",
+                                t.name
+                            ),
+                        );
+                        return;
+                    }
+                }
+            }
+            out
+        }
+    };
+    let timeout = t.delivery.timeout.min(std::time::Duration::from_secs(5));
+    for subject in subjects {
+        match crate::delivery::check_nats_subject(&t.name, nats, &subject, timeout).await {
+            Ok((stream, window)) if window < t.delivery.retry.max => report.push(
+                Severity::Warning,
+                format!(
+                    "trigger {:?}: stream {stream:?} captures {subject:?}, but its duplicate \
+                     window ({}) is shorter than retry.max ({}): an event sent again after the \
+                     window would be stored twice (raise the stream's duplicate_window)",
+                    t.name,
+                    humantime::format_duration(window),
+                    humantime::format_duration(t.delivery.retry.max)
+                ),
+            ),
+            Ok((stream, _)) => report.push(
+                Severity::Ok,
+                format!(
+                    "trigger {:?}: stream {stream:?} captures {subject:?}",
+                    t.name
+                ),
+            ),
+            Err(e) => report.push(
+                Severity::Warning,
+                format!(
+                    "trigger {:?}: {e}; run retries (and parks) its events until a stream \
+                     captures the subject",
+                    t.name
+                ),
+            ),
+        }
+    }
 }
 
 /// `[park] url`: reachable, and its walhook schema present or creatable.

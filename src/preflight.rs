@@ -177,7 +177,8 @@ async fn messages_and_truncates(
             report.push(
                 Severity::Error,
                 format!(
-                    "message triggers ({}) need PostgreSQL 14 or later: this server is {}.{},                      whose pgoutput cannot send logical decoding messages",
+                    "message triggers ({}) need PostgreSQL 14 or later: this server is {}.{}, \
+                     whose pgoutput cannot send logical decoding messages",
                     message_triggers.join(", "),
                     version / 10_000,
                     version % 10_000 / 100

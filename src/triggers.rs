@@ -101,6 +101,8 @@ struct TableRoutes {
 #[derive(Default)]
 struct Shaping {
     url: Option<Template>,
+    /// A JetStream trigger's `subject` template.
+    subject: Option<Template>,
     methods: Option<Methods>,
     headers: Vec<(String, Template)>,
     body: Option<Arc<cel::Program>>,
@@ -111,6 +113,7 @@ impl Shaping {
         let d = &t.delivery;
         Shaping {
             url: d.url_template.clone(),
+            subject: d.nats.as_ref().and_then(|n| n.subject_template.clone()),
             methods: (!d.method.is_uniform()).then_some(d.method),
             headers: d
                 .header_templates
@@ -123,12 +126,16 @@ impl Shaping {
 
     /// Whether anything needs the CEL variables.
     fn evaluates(&self) -> bool {
-        self.url.is_some() || !self.headers.is_empty() || self.body.is_some()
+        self.url.is_some()
+            || self.subject.is_some()
+            || !self.headers.is_empty()
+            || self.body.is_some()
     }
 
     fn programs(&self) -> impl Iterator<Item = &cel::Program> {
         self.url
             .iter()
+            .chain(&self.subject)
             .flat_map(|t| t.programs())
             .chain(self.headers.iter().flat_map(|(_, t)| t.programs()))
             .chain(self.body.as_deref())
@@ -377,6 +384,15 @@ impl Router {
                 .as_ref()
                 .map(|u| u.render_target(ctx).map_err(|e| format!("url: {e}")))
                 .transpose()?;
+            let target = match &s.subject {
+                Some(t) => {
+                    let subject = t.render(ctx).map_err(|e| format!("subject: {e}"))?;
+                    crate::config::template::check_subject(&subject)
+                        .map_err(|e| format!("subject: {e}"))?;
+                    Some(subject)
+                }
+                None => target,
+            };
             let mut headers = Vec::with_capacity(s.headers.len());
             for (name, template) in &s.headers {
                 let value = template

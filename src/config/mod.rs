@@ -406,6 +406,9 @@ pub struct DeliverySpec {
     pub header_templates: Vec<(http::HeaderName, template::Template)>,
     /// `body`: a CEL expression whose value is the request body (default: the event).
     pub body: Option<When>,
+    /// A `nats://` (or `tls://`) URL: the events are published to JetStream instead
+    /// (`url` is then the first server's URL).
+    pub nats: Option<NatsSpec>,
     /// Standard Webhooks signer, when the trigger has a secret.
     pub signer: Option<crate::delivery::sign::Signer>,
     /// Request timeout (more than zero).
@@ -418,6 +421,39 @@ pub struct DeliverySpec {
     pub batch: std::num::NonZeroUsize,
     /// What a plain 4xx does.
     pub on_4xx: On4xx,
+}
+
+/// A JetStream target: where to connect and the subject of each event.
+#[derive(Clone)]
+pub struct NatsSpec {
+    /// The servers, as written (`nats://host:4222`, `tls://host:4222`).
+    pub servers: Vec<String>,
+    /// `subject` (default `walhook.<trigger>`), when it has no holes.
+    pub subject: String,
+    /// `subject` when it is a template.
+    pub subject_template: Option<template::Template>,
+    /// `creds`: a NATS credentials file (JWT and nkey seed).
+    pub creds: Option<std::path::PathBuf>,
+    /// `nkey`: an nkey seed (`SU…`).
+    pub nkey: Option<String>,
+    /// `token`: an authentication token.
+    pub token: Option<String>,
+    /// `tls_ca`: a PEM file of the CA certificates to trust for `tls://` servers.
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl fmt::Debug for NatsSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsSpec")
+            .field("servers", &self.servers.len())
+            .field("subject", &self.subject)
+            .field("subject_template", &self.subject_template.is_some())
+            .field("creds", &self.creds.is_some())
+            .field("nkey", &self.nkey.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca)
+            .finish()
+    }
 }
 
 impl DeliverySpec {
@@ -447,6 +483,7 @@ impl DeliverySpec {
             headers: http::HeaderMap::new(),
             header_templates: Vec::new(),
             body: None,
+            nats: None,
             signer: None,
             timeout: DEFAULT_TIMEOUT,
             retry: RetrySettings::default(),
@@ -494,6 +531,7 @@ impl fmt::Debug for DeliverySpec {
             .field("headers", &headers)
             .field("header_templates", &self.header_templates.len())
             .field("body", &self.body)
+            .field("nats", &self.nats)
             .field("signer", &self.signer.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)

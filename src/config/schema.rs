@@ -15,9 +15,9 @@ use super::table_name::{MAX_IDENT, parse_table};
 use super::template::{self, Template};
 use super::when::{compile_when, foreign_variable};
 use super::{
-    Config, DeliverySpec, EventType, HttpMethod, MessagePattern, Methods, On4xx, Ordering,
-    ParkConfig, RetrySettings, Route, ServerConfig, SourceConfig, TableName, Trigger, TriggerId,
-    Watch, When,
+    Config, DeliverySpec, EventType, HttpMethod, MessagePattern, Methods, NatsSpec, On4xx,
+    Ordering, ParkConfig, RetrySettings, Route, ServerConfig, SourceConfig, TableName, Trigger,
+    TriggerId, Watch, When,
 };
 use crate::delivery::sign::Signer;
 use crate::event::ChangeKind;
@@ -52,8 +52,10 @@ const SETTING_KEYS: &[&str] = &[
 const RETRY_KEYS: &[&str] = &["initial", "max", "park_after", "give_up_after"];
 const TRIGGER_KEYS: &[&str] = &[
     "name", "table", "message", "events", "url", "method", "headers", "secret", "when", "body",
-    "changed", "columns",
+    "changed", "columns", "subject", "creds", "nkey", "token", "tls_ca",
 ];
+/// Keys only a JetStream trigger (`url = "nats://…"`) has.
+const NATS_KEYS: &[&str] = &["subject", "creds", "nkey", "token", "tls_ca"];
 
 /// The settings `[defaults]` gives and each trigger may override.
 #[derive(Debug, Clone, Copy)]
@@ -379,7 +381,32 @@ impl Reader<'_> {
                 ChangeKind::Delete,
             ]),
         };
+        let url_text = self
+            .get(table, "url")
+            .and_then(|f| f.item.as_str().map(str::to_owned));
+        let is_nats = url_text.as_deref().is_some_and(is_nats_url);
+        let nats = if is_nats {
+            self.nats(table, &prefix, name.as_deref().unwrap_or("trigger"))
+        } else {
+            for k in NATS_KEYS {
+                if let Some(f) = self.get(table, k) {
+                    let message = "only a JetStream trigger (url = \"nats://…\") has this key";
+                    self.problem(f.span.clone(), &key(k), message);
+                }
+            }
+            None
+        };
         let url = match self.get(table, "url") {
+            Some(f) if is_nats => {
+                self.string(&f, &key("url"))
+                    .and_then(|u| match nats_servers(&u) {
+                        Ok(url) => Some((url, None)),
+                        Err(message) => {
+                            self.problem(f.span.clone(), &key("url"), message);
+                            None
+                        }
+                    })
+            }
             Some(f) => self.string(&f, &key("url")).and_then(|u| {
                 let r = target_url(&u);
                 if let Err(message) = &r {
@@ -398,6 +425,11 @@ impl Reader<'_> {
             (false, None) => Vec::new(),
         };
         let method = match self.get(table, "method") {
+            Some(f) if is_nats => {
+                let message = "a JetStream trigger publishes messages; it has no HTTP method";
+                self.problem(f.span.clone(), &key("method"), message);
+                None
+            }
             Some(f) => self.methods(&f, &key("method"), &types),
             None => Some(Methods::all(HttpMethod::Post)),
         };
@@ -463,6 +495,16 @@ impl Reader<'_> {
                 None => Some((u, t)),
             }
         });
+        if let Some(subject) = nats.as_ref().and_then(|n| n.subject_template.as_ref()) {
+            if let Some(v) = subject
+                .programs()
+                .find_map(|p| foreign_variable(p, is_message))
+            {
+                let f = self.get(table, "subject");
+                let message = foreign_message(&v, is_message);
+                self.problem(f.and_then(|f| f.span), &key("subject"), message);
+            }
+        }
         if let Some((_, templates)) = &headers {
             for (name, t) in templates {
                 if let Some(v) = t.programs().find_map(|p| foreign_variable(p, is_message)) {
@@ -473,6 +515,9 @@ impl Reader<'_> {
         }
         let settings = self.settings(table, *defaults, &prefix);
 
+        if is_nats && nats.is_none() {
+            return None;
+        }
         if let (Some(m), Some(_)) = (&method, &events) {
             if settings.batch.get() > 1 && m.uses_get(&types) {
                 let message = "batch > 1 cannot be used with GET requests (a GET carries no body to put the events in)";
@@ -502,6 +547,14 @@ impl Reader<'_> {
                 headers,
                 header_templates,
                 body: body.flatten(),
+                nats: nats.map(|mut n| {
+                    n.servers = url_text
+                        .iter()
+                        .flat_map(|u| u.split(','))
+                        .map(|s| s.trim().to_owned())
+                        .collect();
+                    n
+                }),
                 signer: signer.flatten(),
                 timeout: settings.timeout,
                 retry: settings.retry,
@@ -509,6 +562,63 @@ impl Reader<'_> {
                 batch: settings.batch,
                 on_4xx: settings.on_4xx,
             },
+        })
+    }
+
+    /// The JetStream keys of a trigger whose `url` is `nats://…`.
+    fn nats(&mut self, table: &dyn TableLike, prefix: &str, trigger: &str) -> Option<NatsSpec> {
+        let key = |k: &str| join(prefix, k);
+        let before = self.problems.len();
+        let (subject, subject_template) = match self.get(table, "subject") {
+            None => (format!("walhook.{trigger}"), None),
+            Some(f) => {
+                let s = self.string(&f, &key("subject"))?;
+                match template::header_template(&s) {
+                    Ok(t) if t.has_holes() => (String::new(), Some(t)),
+                    Ok(t) => {
+                        let fixed = t.render(&cel::Context::default()).unwrap_or(s);
+                        if let Err(message) = template::check_subject(&fixed) {
+                            self.problem(f.span.clone(), &key("subject"), message);
+                        }
+                        (fixed, None)
+                    }
+                    Err(message) => {
+                        self.problem(f.span.clone(), &key("subject"), message);
+                        (String::new(), None)
+                    }
+                }
+            }
+        };
+        let path = |r: &mut Self, k: &str| {
+            r.get(table, k)
+                .and_then(|f| r.string(&f, &key(k)))
+                .map(std::path::PathBuf::from)
+        };
+        let creds = path(self, "creds");
+        let tls_ca = path(self, "tls_ca");
+        let nkey = self
+            .get(table, "nkey")
+            .and_then(|f| self.string(&f, &key("nkey")));
+        let token = self
+            .get(table, "token")
+            .and_then(|f| self.string(&f, &key("token")));
+        let given = [creds.is_some(), nkey.is_some(), token.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            let f = self.get(table, "token").or_else(|| self.get(table, "nkey"));
+            let message = "give one of creds, nkey and token";
+            self.problem(f.and_then(|f| f.span), &key("creds"), message);
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(NatsSpec {
+            servers: Vec::new(),
+            subject,
+            subject_template,
+            creds,
+            nkey,
+            token,
+            tls_ca,
         })
     }
 
@@ -763,6 +873,36 @@ fn valid_trigger_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether a trigger URL names NATS servers rather than an HTTP endpoint.
+fn is_nats_url(s: &str) -> bool {
+    s.starts_with("nats://") || s.starts_with("tls://")
+}
+
+/// `nats://a:4222,nats://b:4222` (or `tls://…`): the first server's URL; every server must
+/// parse, with a host. The error never contains the URL (it may carry credentials).
+fn nats_servers(s: &str) -> Result<url::Url, String> {
+    let mut first = None;
+    for (i, server) in s.split(',').map(str::trim).enumerate() {
+        let url = url::Url::parse(server)
+            .map_err(|e| format!("server {} is not a valid URL ({e})", i + 1))?;
+        if !matches!(url.scheme(), "nats" | "tls") {
+            return Err(format!(
+                "server {} must be nats:// or tls://, not `{}`",
+                i + 1,
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("server {} has no host", i + 1));
+        }
+        if server.contains('{') {
+            return Err("a JetStream URL cannot be a template (use `subject`)".to_owned());
+        }
+        first.get_or_insert(url);
+    }
+    first.ok_or_else(|| "no server".to_owned())
 }
 
 /// An http(s) URL with a host, and its template when it has `{…}` holes; the error never

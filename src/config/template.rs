@@ -300,6 +300,24 @@ pub fn url_template(s: &str) -> Result<(Template, url::Url), String> {
     Ok((template, url))
 }
 
+/// Why `s` cannot be a NATS subject to publish to, if it cannot: tokens separated by `.`,
+/// none empty, no whitespace, no wildcard (`*`, `>`).
+pub fn check_subject(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("the subject is empty".to_owned());
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a subject cannot contain whitespace".to_owned());
+    }
+    if s.split('.').any(str::is_empty) {
+        return Err("a subject has no empty tokens (`a..b`, a leading or trailing `.`)".to_owned());
+    }
+    if s.split('.').any(|t| t == "*" || t == ">") {
+        return Err("a subject to publish to has no wildcards (`*`, `>`)".to_owned());
+    }
+    Ok(())
+}
+
 /// A header value template.
 pub fn header_template(s: &str) -> Result<Template, String> {
     compile(s, 0, |_| Encoding::Verbatim)

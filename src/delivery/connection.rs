@@ -65,6 +65,14 @@ pub enum HttpError {
     /// like a 4xx (the event, not the target, is at fault).
     #[error("cannot build the request: {0}")]
     Unsendable(String),
+    /// A JetStream publish failed (no stream, no acknowledgement in time, refused).
+    #[error("{message}")]
+    Publish {
+        /// How it counts (the `outcome` label).
+        reason: super::outcome::Reason,
+        /// What happened.
+        message: String,
+    },
 }
 
 /// Where a target's connections go: resolved once from its URL.

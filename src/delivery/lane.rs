@@ -17,12 +17,12 @@ use metrics::{Counter, Gauge, Histogram};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use super::Job;
-use super::batch;
-use super::client::{Attempt, Client};
+use super::client::Attempt;
 use super::connection::Connection;
 use super::outcome::Verdict;
 use super::park::{self, Parked, Stored};
 use super::retry::{self, Hint};
+use super::transport::Transport;
 use crate::config::{On4xx, RetrySettings};
 use crate::store::park::{Failure, ParkStore, State};
 
@@ -39,7 +39,7 @@ pub(super) struct Shared {
     pub name: String,
     /// How many lanes the target has (its `concurrency`).
     pub lanes: usize,
-    pub client: Client,
+    pub transport: Transport,
     pub retry: RetrySettings,
     pub batch: usize,
     pub on_4xx: On4xx,
@@ -498,7 +498,10 @@ async fn deliver(
     queued: &[Queued],
     stop: &mut watch::Receiver<bool>,
 ) -> Outcome {
-    let (id, body) = batch::request(queued.iter().map(|q| &q.job), shared.batch);
+    let prepared = shared
+        .transport
+        .prepare(queued.iter().map(|q| &q.job), shared.batch);
+    let id = prepared.id().to_owned();
     let events = queued.len() as u64;
     if shared.gone.load(AtomicOrdering::Acquire) && !paused(shared, stop).await {
         return Outcome::Stopped;
@@ -519,10 +522,9 @@ async fn deliver(
         }
         attempt = attempt.saturating_add(1);
         let started = Instant::now();
-        let shape = queued.first().and_then(|q| q.job.shape.as_deref());
-        let result = shared.client.send(conn, &id, body.clone(), shape).await;
+        let result = shared.transport.send(conn, &prepared).await;
         // An event no request can be made for says nothing about the target.
-        let fails_target = shape.is_none_or(|s| s.unsendable.is_none());
+        let fails_target = !Transport::unsendable(&prepared);
         shared.record_attempt(&result, events, started.elapsed(), fails_target);
         let failing_for = first_failure.get_or_insert_with(Instant::now).elapsed();
         let failure = || Failure {

@@ -41,7 +41,9 @@ mod connection;
 #[cfg(test)]
 mod connection_tests;
 mod lane;
+mod nats;
 mod park;
+mod transport;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
@@ -56,6 +58,7 @@ use crate::source::conninfo::ConnInfo;
 use crate::store::park::{ParkError, ParkStore};
 use lane::{Queued, Shared, TargetMetrics, Throttle};
 
+pub use nats::check_subject as check_nats_subject;
 pub use sign::verify;
 
 /// Why a trigger's request for an event could not be built.
@@ -236,11 +239,14 @@ impl Dispatcher {
                     tls.insert(config).clone()
                 }
             };
-            let client = client::Client::new(&t.name, spec, &tls)?;
+            let transport = match &spec.nats {
+                Some(n) => transport::Transport::Nats(nats::Publisher::new(&t.name, spec, n)),
+                None => transport::Transport::Http(client::Client::new(&t.name, spec, &tls)?),
+            };
             let shared = Arc::new(Shared {
                 metrics: TargetMetrics::new(&t.name),
                 name: t.name.clone(),
-                client,
+                transport,
                 retry: spec.retry,
                 batch: spec.batch.get(),
                 on_4xx: spec.on_4xx,

@@ -112,6 +112,7 @@ pub fn classify_error(err: &HttpError) -> Verdict {
         HttpError::Connect { .. } | HttpError::Tls { .. } => Verdict::Retry(Reason::Connect),
         HttpError::Http(_) | HttpError::Request(_) => Verdict::Retry(Reason::Transport),
         HttpError::Unsendable(_) => Verdict::Rejected,
+        HttpError::Publish { reason, .. } => Verdict::Retry(*reason),
     }
 }
 

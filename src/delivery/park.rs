@@ -32,7 +32,7 @@ use super::connection::Connection;
 use super::lane::{self, Queued, Shared};
 use super::outcome::{Reason, Verdict};
 use super::retry::{self, Hint};
-use super::{Ack, Job, batch};
+use super::{Ack, Job};
 use crate::config::On4xx;
 use crate::store::park::{Failure, NewRow, ParkError, ParkStore, ParkedRow, Retry, State};
 
@@ -583,42 +583,35 @@ async fn worker(
             out.down = true;
             break;
         }
-        // A request carries rows of one shape; a row of another starts the next request.
+        // Rows not blocked, as the transport groups them (one shape per HTTP request, one
+        // row per key in a JetStream group).
         let mut group: Vec<ParkedRow> = Vec::with_capacity(shared.batch);
+        let mut jobs: Vec<Job> = Vec::with_capacity(shared.batch);
         while group.len() < shared.batch {
-            let fits = |r: &ParkedRow| match group.first() {
-                None => true,
-                Some(first) => {
-                    r.shape == first.shape
-                        && first.shape.as_ref().is_none_or(|s| s.unsendable.is_none())
-                }
-            };
             match rows.peek() {
                 None => break,
                 Some(r) if blocked.contains(&r.order_key) => {
                     rows.next();
                 }
-                Some(r) if fits(r) => group.extend(rows.next()),
-                Some(_) => break,
+                Some(r) => {
+                    let job = job_of(r);
+                    let n = shared
+                        .transport
+                        .group_len(jobs.iter().chain(std::iter::once(&job)), shared.batch);
+                    if n <= jobs.len() {
+                        break;
+                    }
+                    jobs.push(job);
+                    group.extend(rows.next());
+                }
             }
         }
         if group.is_empty() {
             break;
         }
-        let jobs: Vec<Job> = group
-            .iter()
-            .map(|r| Job {
-                id: r.event_id.clone(),
-                body: r.body.clone(),
-                order_key: r.order_key,
-                txn: Ack { session: 0, txn: 0 },
-                shape: None,
-            })
-            .collect();
-        let (id, body) = batch::request(jobs.iter(), shared.batch);
+        let prepared = shared.transport.prepare(jobs.iter(), shared.batch);
         let started = Instant::now();
-        let shape = group.first().and_then(|r| r.shape.as_deref());
-        let result = shared.client.send(&mut conn, &id, body, shape).await;
+        let result = shared.transport.send(&mut conn, &prepared).await;
         shared.record_attempt(&result, group.len() as u64, started.elapsed(), false);
         if result.verdict == Verdict::Delivered {
             out.delivered
@@ -638,6 +631,17 @@ async fn worker(
     }
     out.conn = conn;
     out
+}
+
+/// A parked row as the job a lane would have sent.
+fn job_of(r: &ParkedRow) -> Job {
+    Job {
+        id: r.event_id.clone(),
+        body: r.body.clone(),
+        order_key: r.order_key,
+        txn: Ack { session: 0, txn: 0 },
+        shape: r.shape.clone(),
+    }
 }
 
 /// Whether a failure says the target as a whole is unavailable (rather than one event

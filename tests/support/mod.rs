@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod daemon;
+pub mod nats;
 pub mod pg;
 pub mod receiver;
