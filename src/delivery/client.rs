@@ -116,12 +116,9 @@ impl Client {
     ) -> Attempt {
         let now = SystemTime::now();
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let request = match self.request(id, now, body, shape) {
-            Ok(r) => r,
-            Err(e) => return failed(e),
-        };
+        let make = || self.request(id, now, body.clone(), shape);
         let response =
-            match tokio::time::timeout_at(deadline, conn.send(&self.endpoint, request)).await {
+            match tokio::time::timeout_at(deadline, conn.send(&self.endpoint, make)).await {
                 Ok(Ok(response)) => response,
                 Ok(Err(e)) => return failed(e),
                 Err(_) => {

@@ -219,15 +219,23 @@ impl Connection {
         self.live = None;
     }
 
-    /// Sends `request` (connecting first if needed) and returns the answer's head; the
-    /// caller drains the body with [`Connection::drain`]. On error the connection is closed.
-    /// Dropping the future mid-way leaves the connection unusable: call `close`.
+    /// Sends the request `make` builds (connecting first if needed) and returns the answer's
+    /// head; the caller drains the body with [`Connection::drain`]. On error the connection
+    /// is closed. Dropping the future mid-way leaves the connection unusable: call `close`.
+    ///
+    /// A reused keep-alive connection that the server closed as the request went out (its
+    /// idle timeout raced the request) is not an answer from the receiver: the request is
+    /// built again and sent once more at once on a fresh connection, rather than failing into
+    /// the retry backoff (up to `retry.initial` of delay for nothing). If the first copy did
+    /// reach the server, the receiver sees the same `webhook-id` twice, as with any redelivery.
     pub async fn send(
         &mut self,
         endpoint: &Endpoint,
-        request: Request<Full<Bytes>>,
+        make: impl Fn() -> Result<Request<Full<Bytes>>, HttpError>,
     ) -> Result<Response<Incoming>, HttpError> {
-        let result = self.try_send(endpoint, request).await;
+        // A request that cannot be built says nothing about the connection: keep it.
+        let request = make()?;
+        let result = self.try_send(endpoint, request, make).await;
         if result.is_err() {
             self.live = None;
         }
@@ -237,7 +245,8 @@ impl Connection {
     async fn try_send(
         &mut self,
         endpoint: &Endpoint,
-        request: Request<Full<Bytes>>,
+        mut request: Request<Full<Bytes>>,
+        make: impl Fn() -> Result<Request<Full<Bytes>>, HttpError>,
     ) -> Result<Response<Incoming>, HttpError> {
         let mut reused = self.live.is_some();
         loop {
@@ -256,8 +265,24 @@ impl Connection {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let response = drive(&mut live.driver, live.sender.send_request(request)).await?;
-            return Ok(response);
+            match drive(&mut live.driver, live.sender.try_send_request(request)).await {
+                Ok(response) => return Ok(response),
+                Err(e) if reused && closed_under_us(e.error()) => {
+                    tracing::debug!(
+                        error = %e.error(),
+                        "keep-alive connection closed by the server as a request went out; \
+                         sending it again on a new connection"
+                    );
+                    let mut e = e;
+                    request = match e.take_message() {
+                        Some(r) => r,
+                        None => make()?,
+                    };
+                    self.live = None;
+                    reused = false;
+                }
+                Err(e) => return Err(e.into_error().into()),
+            }
         }
     }
 
@@ -288,6 +313,30 @@ impl Connection {
             self.live = None;
         }
         reusable
+    }
+}
+
+/// Whether `e` says the connection ended under the request (closed, reset, the answer cut
+/// off before its first byte) rather than the server answering.
+fn closed_under_us(e: &hyper::Error) -> bool {
+    e.is_incomplete_message() || e.is_canceled() || e.is_closed() || {
+        // A reset while writing or reading: the io error under hyper's.
+        let mut source = std::error::Error::source(e);
+        let mut reset = false;
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<io::Error>() {
+                reset = matches!(
+                    io.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::UnexpectedEof
+                );
+                break;
+            }
+            source = s.source();
+        }
+        reset
     }
 }
 

@@ -61,6 +61,8 @@ enum Answer {
     WriteAndClose(Vec<u8>),
     /// Write these bytes, then hold the connection open without reading or writing.
     WriteAndHang(Vec<u8>),
+    /// Close the connection without answering (an idle timeout that raced the request).
+    Close,
 }
 
 fn ok_empty() -> Vec<u8> {
@@ -108,6 +110,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let answer = decide(n);
         n += 1;
         let (bytes, close, hang) = match answer {
+            Answer::Close => return,
             Answer::Write(b) => (b, false, false),
             Answer::WriteAndClose(b) => (b, true, false),
             Answer::WriteAndHang(b) => (b, false, true),
@@ -283,6 +286,46 @@ async fn connection_close_and_an_idle_close_are_followed_by_a_new_connection() {
     assert!(conn.is_open(), "not polled since the answer");
     tokio::time::timeout(SECOND, conn.closed()).await.unwrap();
     assert!(!conn.is_open());
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_closed_under_a_request_is_replaced_at_once() {
+    // Each connection answers its first request and closes under its second, as a server
+    // whose idle timeout fires just as the request arrives.
+    let server = raw(|n| {
+        if n == 0 {
+            Answer::Write(ok_empty())
+        } else {
+            Answer::Close
+        }
+    })
+    .await;
+    let c = client(&format!("http://{}/", server.addr), 5 * SECOND);
+    let mut conn = Connection::new();
+    let a = c.send(&mut conn, "evt_1", body(), None).await;
+    assert_eq!(a.verdict, Verdict::Delivered, "{:?}", a.error);
+    let started = std::time::Instant::now();
+    let a = c.send(&mut conn, "evt_2", body(), None).await;
+    assert_eq!(
+        a.verdict,
+        Verdict::Delivered,
+        "sent again on a new connection, not failed into the backoff: {:?}",
+        a.error
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.connections.load(AtomicOrdering::SeqCst), 2);
+    assert_eq!(server.requests.load(AtomicOrdering::SeqCst), 3);
+    // A fresh connection that closes under its request is a failure (no loop).
+    let server = raw(|_| Answer::Close).await;
+    let c = client(&format!("http://{}/", server.addr), 5 * SECOND);
+    let mut conn = Connection::new();
+    let a = c.send(&mut conn, "evt", body(), None).await;
+    assert_ne!(a.verdict, Verdict::Delivered);
+    assert_eq!(server.connections.load(AtomicOrdering::SeqCst), 1);
 }
 
 #[tokio::test]
