@@ -170,6 +170,20 @@ fn target(url: url::Url) -> Trigger {
     t
 }
 
+/// A receiver whose first answer takes 200 ms, so the rest of the jobs are queued when the
+/// lane comes back.
+async fn slow_first_receiver() -> Receiver {
+    receiver(|n| Reply {
+        delay: if n == 0 {
+            Duration::from_millis(200)
+        } else {
+            Duration::ZERO
+        },
+        ..status(200)
+    })
+    .await
+}
+
 fn nz(v: usize) -> NonZeroUsize {
     NonZeroUsize::new(v).unwrap()
 }
@@ -310,16 +324,7 @@ async fn no_signature_header_without_a_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_wrap_raw_events_in_order() {
-    // The first request is slow, so the rest of the jobs are queued when the lane comes back.
-    let rx_http = receiver(|n| Reply {
-        delay: if n == 0 {
-            Duration::from_millis(200)
-        } else {
-            Duration::ZERO
-        },
-        ..status(200)
-    })
-    .await;
+    let rx_http = slow_first_receiver().await;
     let mut t = target(rx_http.url());
     t.delivery.batch = nz(10);
     let (d, mut rx) = start(t);
@@ -375,16 +380,7 @@ async fn batches_wrap_raw_events_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_holds_events_of_one_shape_only() {
-    // The first request is slow, so the rest of the jobs are queued when the lane comes back.
-    let rx_http = receiver(|n| Reply {
-        delay: if n == 0 {
-            Duration::from_millis(200)
-        } else {
-            Duration::ZERO
-        },
-        ..status(200)
-    })
-    .await;
+    let rx_http = slow_first_receiver().await;
     let mut t = target(rx_http.url());
     t.delivery.batch = nz(10);
     let (d, mut rx) = start(t);

@@ -165,7 +165,9 @@ on_4xx = "dead"
     daemon.wait_log("a template or `body` failed", 1, Duration::from_secs(5));
 }
 
-fn wait_rows(pg: &Cluster, db: &str, filter: &str, n: usize) -> usize {
+/// Polls `SELECT count(*) FROM walhook.parked WHERE filter` until `done` holds it (or 30 s
+/// pass); returns the last count.
+fn wait_count(pg: &Cluster, db: &str, filter: &str, done: impl Fn(usize) -> bool) -> usize {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let found: usize = pg
@@ -175,11 +177,15 @@ fn wait_rows(pg: &Cluster, db: &str, filter: &str, n: usize) -> usize {
             )
             .parse()
             .unwrap_or(0);
-        if found >= n || std::time::Instant::now() > deadline {
+        if done(found) || std::time::Instant::now() > deadline {
             return found;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn wait_rows(pg: &Cluster, db: &str, filter: &str, n: usize) -> usize {
+    wait_count(pg, db, filter, |found| found >= n)
 }
 
 #[test]
@@ -227,22 +233,8 @@ fn parked_shaped_events_are_sent_later_with_their_own_method_path_and_headers() 
         assert!(signed(r));
         assert_eq!(r.header("idempotency-key"), r.header("webhook-id"));
     }
-    assert_eq!(pg_count(&pg, &db), 0, "delivered rows are deleted");
-}
-
-fn pg_count(pg: &Cluster, db: &str) -> usize {
-    // Delivered rows are deleted: wait until the table is empty.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: usize = pg
-            .psql(db, "SELECT count(*) FROM walhook.parked")
-            .parse()
-            .unwrap();
-        if n == 0 || std::time::Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let left = wait_count(&pg, &db, "true", |n| n == 0);
+    assert_eq!(left, 0, "delivered rows are deleted");
 }
 
 #[test]

@@ -123,6 +123,28 @@ impl<'e> Reader<'e> {
         t
     }
 
+    /// The entries of a table (`[x]` or inline `{ … }`), each with its own span (the table's
+    /// when it has none).
+    pub(super) fn entries<'t>(
+        &mut self,
+        found: &Found<'t>,
+        key: &str,
+    ) -> Option<Vec<(&'t str, Found<'t>)>> {
+        let table = self.table(found, key)?;
+        Some(
+            table
+                .iter()
+                .map(|(name, item)| {
+                    let f = Found {
+                        item,
+                        span: item.span().or_else(|| found.span.clone()),
+                    };
+                    (name, f)
+                })
+                .collect(),
+        )
+    }
+
     /// A non-empty array of non-empty, distinct strings.
     pub(super) fn string_list(&mut self, found: &Found<'_>, key: &str) -> Option<Vec<String>> {
         let Some(array) = found.item.as_array() else {

@@ -706,16 +706,10 @@ impl Reader<'_> {
         if found.item.is_str() {
             return self.choice(found, key, &choices).map(Methods::all);
         }
-        let table = self.table(found, key)?;
         let mut methods = Methods::all(HttpMethod::Post);
         let mut given = Vec::new();
         let mut ok = true;
-        let entries: Vec<(&str, &Item)> = table.iter().collect();
-        for (name, item) in entries {
-            let f = Found {
-                item,
-                span: item.span().or_else(|| found.span.clone()),
-            };
+        for (name, f) in self.entries(found, key)? {
             let entry_key = format!("{key}.{name}");
             let Some(event) = EventType::ALL.into_iter().find(|e| e.as_str() == name) else {
                 let names: Vec<&str> = EventType::ALL.iter().map(|e| e.as_str()).collect();
@@ -791,17 +785,11 @@ impl Reader<'_> {
 
     /// The fixed headers, and those whose value is a template.
     fn headers(&mut self, found: &Found<'_>, key: &str) -> Option<Headers> {
-        let table = self.table(found, key)?;
         let mut out = http::HeaderMap::new();
         let mut templates = Vec::new();
         let mut seen = HashSet::new();
         let mut ok = true;
-        let entries: Vec<(&str, &Item)> = table.iter().collect();
-        for (name, item) in entries {
-            let f = Found {
-                item,
-                span: item.span().or_else(|| found.span.clone()),
-            };
+        for (name, f) in self.entries(found, key)? {
             let header_key = format!("{key}.{name}");
             let lower = name.to_ascii_lowercase();
             let Ok(header_name) = http::HeaderName::from_bytes(name.as_bytes()) else {
