@@ -442,6 +442,63 @@ async fn a_batch_holds_events_of_one_shape_only() {
     d.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Requests that carried key 1's 30 events, with `batch_linger = linger`, while lane 0 has a
+/// slow request on the wire.
+async fn requests_for_a_trickle_beside_a_busy_lane(linger: Duration) -> usize {
+    let rx_http = receiver(|n| Reply {
+        delay: if n == 0 {
+            Duration::from_millis(600)
+        } else {
+            Duration::ZERO
+        },
+        ..status(200)
+    })
+    .await;
+    let mut t = target(rx_http.url());
+    t.delivery.batch = nz(50);
+    t.delivery.concurrency = nz(2);
+    t.delivery.batch_linger = linger;
+    let (d, mut rx) = start(t);
+    d.submit(
+        T0,
+        Job {
+            order_key: 0,
+            ..job(0)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 1..=30 {
+        d.submit(
+            T0,
+            Job {
+                order_key: 1,
+                ..job(i)
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    acks(&mut rx, 31, Duration::from_secs(5)).await;
+    let n = rx_http
+        .requests()
+        .iter()
+        .filter(|r| r.json()["events"][0]["seq"] != 0)
+        .count();
+    d.shutdown(Duration::from_secs(1)).await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_fills_requests_while_the_target_is_busy() {
+    // Lane 1 waits for more while lane 0's request is on the wire: a few full requests.
+    let lingering = requests_for_a_trickle_beside_a_busy_lane(Duration::from_millis(300)).await;
+    assert!(lingering <= 3, "{lingering} requests for 30 events");
+    // Without a linger each event goes out as it comes.
+    let eager = requests_for_a_trickle_beside_a_busy_lane(Duration::ZERO).await;
+    assert!(eager > 10, "{eager} requests for 30 events");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_order_holds_under_concurrency_and_retries() {
     // Every 7th request fails, so lanes retry while others move on.

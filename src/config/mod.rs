@@ -419,6 +419,10 @@ pub struct DeliverySpec {
     pub concurrency: std::num::NonZeroUsize,
     /// Events per request (1: one event per body).
     pub batch: std::num::NonZeroUsize,
+    /// With `batch > 1`: how long a lane holding fewer than `batch` events waits for more
+    /// while other requests of the target are in flight (a backlog); never when the target
+    /// is idle.
+    pub batch_linger: Duration,
     /// What a plain 4xx does.
     pub on_4xx: On4xx,
 }
@@ -467,6 +471,8 @@ impl DeliverySpec {
 
 /// `[defaults] timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[defaults] batch_linger`.
+pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(5);
 /// `[defaults] concurrency`.
 pub const DEFAULT_CONCURRENCY: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(64) {
     Some(n) => n,
@@ -489,6 +495,7 @@ impl DeliverySpec {
             retry: RetrySettings::default(),
             concurrency: DEFAULT_CONCURRENCY,
             batch: std::num::NonZeroUsize::MIN,
+            batch_linger: DEFAULT_BATCH_LINGER,
             on_4xx: On4xx::Retry,
         }
     }
@@ -537,6 +544,7 @@ impl fmt::Debug for DeliverySpec {
             .field("retry", &self.retry)
             .field("concurrency", &self.concurrency)
             .field("batch", &self.batch)
+            .field("batch_linger", &self.batch_linger)
             .field("on_4xx", &self.on_4xx)
             .finish()
     }

@@ -188,12 +188,19 @@ impl<'e> Reader<'e> {
 
     /// A positive duration like "10s" or "3d".
     pub(super) fn duration(&mut self, found: &Found<'_>, key: &str) -> Option<Duration> {
-        let s = self.string(found, key)?;
-        match humantime::parse_duration(&s) {
-            Ok(d) if d.is_zero() => {
+        match self.duration_or_zero(found, key)? {
+            d if d.is_zero() => {
                 self.problem(found.span.clone(), key, "must be longer than 0s");
                 None
             }
+            d => Some(d),
+        }
+    }
+
+    /// A duration like "5ms", "0s" included.
+    pub(super) fn duration_or_zero(&mut self, found: &Found<'_>, key: &str) -> Option<Duration> {
+        let s = self.string(found, key)?;
+        match humantime::parse_duration(&s) {
             Ok(d) => Some(d),
             Err(e) => {
                 let message =

@@ -24,6 +24,7 @@ use crate::event::ChangeKind;
 
 const MAX_CONCURRENCY: i64 = 10_000;
 const MAX_BATCH: i64 = 10_000;
+const MAX_BATCH_LINGER: Duration = Duration::from_secs(1);
 
 /// Headers walhook sets itself; a trigger may not override them.
 const RESERVED_HEADERS: &[&str] = &[
@@ -47,6 +48,7 @@ const SETTING_KEYS: &[&str] = &[
     "concurrency",
     "ordering",
     "batch",
+    "batch_linger",
     "on_4xx",
 ];
 const RETRY_KEYS: &[&str] = &["initial", "max", "park_after", "give_up_after"];
@@ -65,6 +67,7 @@ struct Settings {
     concurrency: NonZeroUsize,
     ordering: Ordering,
     batch: NonZeroUsize,
+    batch_linger: Duration,
     on_4xx: On4xx,
 }
 
@@ -76,6 +79,7 @@ impl Default for Settings {
             concurrency: super::DEFAULT_CONCURRENCY,
             ordering: Ordering::Row,
             batch: NonZeroUsize::MIN,
+            batch_linger: super::DEFAULT_BATCH_LINGER,
             on_4xx: On4xx::Retry,
         }
     }
@@ -264,6 +268,20 @@ impl Reader<'_> {
             s.batch = self
                 .count(&f, &join(prefix, "batch"), MAX_BATCH)
                 .unwrap_or(s.batch);
+        }
+        if let Some(f) = self.get(table, "batch_linger") {
+            let key = join(prefix, "batch_linger");
+            if let Some(d) = self.duration_or_zero(&f, &key) {
+                if d > MAX_BATCH_LINGER {
+                    let message = format!(
+                        "at most {} (it delays requests while the target is busy)",
+                        humantime::format_duration(MAX_BATCH_LINGER)
+                    );
+                    self.problem(f.span.clone(), &key, message);
+                } else {
+                    s.batch_linger = d;
+                }
+            }
         }
         if let Some(f) = self.get(table, "ordering") {
             let choices = [
@@ -560,6 +578,7 @@ impl Reader<'_> {
                 retry: settings.retry,
                 concurrency: settings.concurrency,
                 batch: settings.batch,
+                batch_linger: settings.batch_linger,
                 on_4xx: settings.on_4xx,
             },
         })

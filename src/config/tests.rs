@@ -620,3 +620,13 @@ fn message_and_truncate_triggers() {
         vec![ChangeKind::Truncate, ChangeKind::Delete]
     );
 }
+
+#[test]
+fn batch_linger_is_a_short_duration_zero_included() {
+    let c = ok(&with_trigger("batch = 100\nbatch_linger = \"0s\"\n"));
+    assert_eq!(c.triggers[0].delivery.batch_linger, Duration::ZERO);
+    let c = ok(&with_trigger("batch = 100\n"));
+    assert_eq!(c.triggers[0].delivery.batch_linger, DEFAULT_BATCH_LINGER);
+    let shown = err(&with_trigger("batch_linger = \"2s\"\n")).to_string();
+    assert!(shown.contains("batch_linger: at most 1s"), "{shown}");
+}

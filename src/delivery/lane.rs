@@ -42,6 +42,10 @@ pub(super) struct Shared {
     pub transport: Transport,
     pub retry: RetrySettings,
     pub batch: usize,
+    /// `batch_linger`: how long a short group waits for more while the target is busy.
+    pub linger: Duration,
+    /// Requests of this target on the wire now, over all its lanes.
+    pub in_flight: std::sync::atomic::AtomicUsize,
     pub on_4xx: On4xx,
     /// Bytes that may sit queued for this target; `submit` waits for permits.
     pub budget: Semaphore,
@@ -237,6 +241,27 @@ pub(super) async fn run(
                 return;
             }
             pending.extend(buf.drain(..));
+        }
+        // A backlog fills requests: while other requests of the target are on the wire, a
+        // short group waits up to `batch_linger` for more. An idle target sends at once, so
+        // latency does not rise when there is no backlog.
+        if shared.batch > 1
+            && pending.len() < shared.batch
+            && !shared.linger.is_zero()
+            && shared.in_flight.load(AtomicOrdering::Acquire) > 0
+        {
+            let deadline = tokio::time::Instant::now() + shared.linger;
+            while pending.len() < shared.batch {
+                let want = shared.batch - pending.len();
+                tokio::select! {
+                    biased;
+                    () = stopped(&mut stop) => return,
+                    r = tokio::time::timeout_at(deadline, rx.recv_many(&mut buf, want)) => match r {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => pending.extend(buf.drain(..)),
+                    },
+                }
+            }
         }
         shared.drop_discarded(&mut pending);
         if pending.is_empty() {
@@ -522,7 +547,9 @@ async fn deliver(
         }
         attempt = attempt.saturating_add(1);
         let started = Instant::now();
+        shared.in_flight.fetch_add(1, AtomicOrdering::AcqRel);
         let result = shared.transport.send(conn, &prepared).await;
+        shared.in_flight.fetch_sub(1, AtomicOrdering::AcqRel);
         // An event no request can be made for says nothing about the target.
         let fails_target = !Transport::unsendable(&prepared);
         shared.record_attempt(&result, events, started.elapsed(), fails_target);

@@ -249,6 +249,8 @@ impl Dispatcher {
                 transport,
                 retry: spec.retry,
                 batch: spec.batch.get(),
+                linger: spec.batch_linger,
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
                 on_4xx: spec.on_4xx,
                 budget: Semaphore::new(TARGET_QUEUE_BYTES),
                 acks: acks.clone(),
