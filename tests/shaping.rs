@@ -18,13 +18,7 @@ const FAST: &str =
     "timeout = \"2s\"\nretry = { initial = \"50ms\", max = \"500ms\", park_after = \"2s\" }";
 
 fn signed(r: &Request) -> bool {
-    walhook::delivery::verify(
-        SECRET,
-        r.header("webhook-id"),
-        r.header("webhook-timestamp"),
-        &r.body,
-        r.header("webhook-signature"),
-    )
+    r.signed_by(SECRET)
 }
 
 fn rest_trigger(url: &str) -> String {

@@ -284,16 +284,11 @@ pub(super) async fn run(
                 continue;
             }
         }
-        // A request carries jobs of one shape (method, URL, templated headers).
-        let first = pending.front().and_then(|q| q.job.shape.as_deref());
-        let n = pending
-            .iter()
-            .take(shared.batch)
-            .take_while(|q| {
-                q.job.shape.as_deref() == first && first.is_none_or(|s| s.unsendable.is_none())
-            })
-            .count()
-            .max(1);
+        // A request carries jobs of one shape (method, URL, templated headers); a JetStream
+        // group one job per ordering key.
+        let n = shared
+            .transport
+            .group_len(pending.iter().map(|q| &q.job), shared.batch);
         let head: Vec<Queued> = pending.drain(..n).collect();
         // Every job left has the current epoch, so the batch is discarded as a whole or not.
         match deliver(&shared, &mut conn, &head, &mut stop).await {

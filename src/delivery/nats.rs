@@ -15,6 +15,7 @@
 //!   answer within `timeout`) is an attempt that failed, retried, parked or dead by the
 //!   trigger's rules.
 
+use std::future::IntoFuture as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
@@ -22,11 +23,11 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
+use super::Shape;
 use super::client::Attempt;
 use super::connection::HttpError;
 use super::outcome::{Reason, Verdict};
 use super::sign::Signer;
-use super::{Job, Shape};
 use crate::config::{DeliverySpec, NatsSpec};
 
 /// One trigger's JetStream publisher, shared by its lanes.
@@ -84,12 +85,6 @@ impl Publisher {
                 Ok(context)
             })
             .await
-    }
-
-    /// Whether `next` may join a group whose members' ordering keys are `keys`.
-    pub fn fits(keys: &[u64], next: &Job) -> bool {
-        !keys.contains(&next.order_key)
-            && next.shape.as_deref().is_none_or(|s| s.unsendable.is_none())
     }
 
     /// Publishes `jobs` pipelined and waits for every acknowledgement: delivered only when
@@ -164,8 +159,6 @@ impl Publisher {
         h
     }
 }
-
-use std::future::IntoFuture as _;
 
 /// Connects to the trigger's servers with its credentials.
 pub async fn connect(

@@ -595,10 +595,8 @@ async fn worker(
                 }
                 Some(r) => {
                     let job = job_of(r);
-                    let n = shared
-                        .transport
-                        .group_len(jobs.iter().chain(std::iter::once(&job)), shared.batch);
-                    if n <= jobs.len() {
+                    let members: Vec<&Job> = jobs.iter().collect();
+                    if !shared.transport.fits(&members, &job, shared.batch) {
                         break;
                     }
                     jobs.push(job);

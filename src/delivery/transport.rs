@@ -46,40 +46,33 @@ impl Prepared {
 }
 
 impl Transport {
-    /// How many of `jobs` (in order, at least one, at most `batch`) go in the next group:
-    /// an HTTP request holds jobs of one shape; a JetStream group at most one job per
-    /// ordering key. An unsendable job is always alone.
-    pub fn group_len<'a>(&self, mut jobs: impl Iterator<Item = &'a Job>, batch: usize) -> usize {
-        let Some(first) = jobs.next() else {
-            return 0;
-        };
+    /// Whether `next` may join `group` (its jobs so far, in order; at most `batch`): an
+    /// HTTP request holds jobs of one shape, a JetStream group at most one job per ordering
+    /// key, and an unsendable job is always alone. The first job always starts a group.
+    pub fn fits(&self, group: &[&Job], next: &Job, batch: usize) -> bool {
         let unsendable = |j: &Job| j.shape.as_deref().is_some_and(|s| s.unsendable.is_some());
-        if unsendable(first) {
-            return 1;
+        let Some(first) = group.first() else {
+            return true;
+        };
+        if group.len() >= batch || unsendable(first) || unsendable(next) {
+            return false;
         }
-        let mut n = 1;
         match self {
-            Transport::Http(_) => {
-                let shape = first.shape.as_deref();
-                for j in jobs.take(batch.saturating_sub(1)) {
-                    if j.shape.as_deref() != shape {
-                        break;
-                    }
-                    n += 1;
-                }
-            }
-            Transport::Nats(_) => {
-                let mut keys = vec![first.order_key];
-                for j in jobs.take(batch.saturating_sub(1)) {
-                    if !Publisher::fits(&keys, j) {
-                        break;
-                    }
-                    keys.push(j.order_key);
-                    n += 1;
-                }
-            }
+            Transport::Http(_) => next.shape == first.shape,
+            Transport::Nats(_) => group.iter().all(|j| j.order_key != next.order_key),
         }
-        n
+    }
+
+    /// How many of `jobs` (in order) go in the next group (see [`Transport::fits`]).
+    pub fn group_len<'a>(&self, jobs: impl Iterator<Item = &'a Job>, batch: usize) -> usize {
+        let mut group: Vec<&Job> = Vec::new();
+        for j in jobs {
+            if !self.fits(&group, j, batch) {
+                break;
+            }
+            group.push(j);
+        }
+        group.len()
     }
 
     /// The group's request(s).

@@ -46,6 +46,17 @@ impl Request {
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
 
+    /// Whether its Standard Webhooks signature verifies with `secret`.
+    pub fn signed_by(&self, secret: &str) -> bool {
+        walhook::delivery::verify(
+            secret,
+            self.header("webhook-id"),
+            self.header("webhook-timestamp"),
+            &self.body,
+            self.header("webhook-signature"),
+        )
+    }
+
     /// Whether the receiver accepted it.
     pub fn ok(&self) -> bool {
         (200..300).contains(&self.status)
