@@ -222,7 +222,8 @@ fn triggers_of(triggers: &[Trigger], table: &TableName) -> String {
     }
 }
 
-/// Columns named by `changed`, `columns` and `when` that the table does not have.
+/// Columns named by `changed`, `columns`, `when`, `body` and the templates that the table
+/// does not have, and `key.x` reads of a column that is not in the table's key.
 fn columns<'a>(trigger: &'a Trigger, table: &TableFacts, report: &mut Report) {
     let route = &trigger.route;
     let mut named: Vec<(&str, &str)> = Vec::new();
@@ -252,29 +253,71 @@ fn columns<'a>(trigger: &'a Trigger, table: &TableFacts, report: &mut Report) {
     for (_, t) in &spec.header_templates {
         reads("headers", &t.columns);
     }
+    if let Some(subject) = spec.nats.as_ref().and_then(|n| n.subject_template.as_ref()) {
+        reads("subject", &subject.columns);
+    }
     named.extend(read.iter().map(|(_, v, c)| (*v, *c)));
+    // A truncate has no row: a `when` on row values is false for it unless it says otherwise.
+    if let Some(when) = route.when.as_ref().filter(|w| {
+        route.events.contains(&crate::event::ChangeKind::Truncate)
+            && !w.columns.is_empty()
+            && !w.source.contains("truncate")
+    }) {
+        let c = &when.columns[0];
+        report.push(
+            Severity::Warning,
+            format!(
+                "trigger {:?} fires on truncate, but its `when` reads {}.{}: a truncate has no \
+                 row, so `when` is false for it (write `type == \"truncate\" || …` to keep them)",
+                trigger.name, c.variable, c.column
+            ),
+        );
+    }
+    let fail = |report: &mut Report, message: String| {
+        report.push(
+            Severity::Error,
+            format!("trigger {:?}: {message}", trigger.name),
+        );
+    };
     for (key, column) in named {
+        let holder = || {
+            read.iter()
+                .find(|(_, v, c)| *v == key && *c == column)
+                .map_or("when", |(k, ..)| *k)
+        };
+        if key == "key" {
+            if table.key_columns.iter().any(|c| c == column) {
+                continue;
+            }
+            let why = if table.key_columns.is_empty() {
+                "has no replica identity key, so `key` is null".to_owned()
+            } else {
+                format!("has key columns {}", table.key_columns.join(", "))
+            };
+            fail(
+                report,
+                format!(
+                    "{} reads key.{column}, but {} {why}; read record.{column} instead",
+                    holder(),
+                    table.name()
+                ),
+            );
+            continue;
+        }
         if table.columns.iter().any(|c| c == column) {
             continue;
         }
         let place = match key {
-            "record" | "old_record" => {
-                let holder = read
-                    .iter()
-                    .find(|(_, v, c)| *v == key && *c == column)
-                    .map_or("when", |(k, ..)| *k);
-                format!("{holder} reads {key}.{column}")
-            }
+            "record" | "old_record" => format!("{} reads {key}.{column}", holder()),
             _ => format!("{key} names column {column:?}"),
         };
         let hint = config::closest(&table.columns, column)
             .map(|near| format!(" (did you mean {near:?}?)"))
             .unwrap_or_default();
-        report.push(
-            Severity::Error,
+        fail(
+            report,
             format!(
-                "trigger {:?}: {place}, but {} has no such column{hint}; its columns are {}",
-                trigger.name,
+                "{place}, but {} has no such column{hint}; its columns are {}",
                 table.name(),
                 table.columns.join(", ")
             ),

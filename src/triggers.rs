@@ -382,7 +382,7 @@ impl Router {
             let target = s
                 .url
                 .as_ref()
-                .map(|u| u.render_target(ctx).map_err(|e| format!("url: {e}")))
+                .map(|u| u.render(ctx).map_err(|e| format!("url: {e}")))
                 .transpose()?;
             let target = match &s.subject {
                 Some(t) => {
@@ -400,8 +400,8 @@ impl Router {
                     .map_err(|e| format!("header {name}: {e}"))?;
                 if http::HeaderValue::from_str(&value).is_err() {
                     return Err(format!(
-                        "header {name}: the value is not one HTTP can carry (a line break or a \
-                         control character)"
+                        "header {name}: the value is not one HTTP can carry (header values are \
+                         visible ASCII: no line break, control character or non-ASCII text)"
                     ));
                 }
                 headers.push((name.clone(), value));

@@ -313,3 +313,78 @@ fn connection_failures_name_their_cause_once() {
     assert!(line.contains("Connection refused"), "{line}");
     assert!(!log.contains("database connection lost"), "{log}");
 }
+
+#[test]
+fn key_reads_are_checked_against_the_replica_identity_key() {
+    let (pg, db) = Cluster::with_app_db(ORDERS);
+    let (rx, dir) = (Receiver::start(), tempdir());
+    let config = write_config(
+        dir.path(),
+        &pg.url(&db),
+        "body = \"{'id': key.id, 's': key['status']}\"",
+        &rx,
+    );
+    assert_eq!(
+        agree(&config),
+        [
+            "trigger \"orders\": body reads key.status, but public.orders has key columns id; read record.status instead"
+        ]
+    );
+    // The key of REPLICA IDENTITY USING INDEX is the index's columns.
+    pg.psql(
+        &db,
+        "ALTER TABLE orders ALTER status SET NOT NULL; \
+         CREATE UNIQUE INDEX orders_status ON orders (status); \
+         ALTER TABLE orders REPLICA IDENTITY USING INDEX orders_status",
+    );
+    assert_eq!(
+        agree(&config),
+        [
+            "trigger \"orders\": body reads key.id, but public.orders has key columns status; read record.id instead"
+        ]
+    );
+    // FULL without a primary key: `key` is null for every event.
+    pg.psql(
+        &db,
+        "ALTER TABLE orders DROP CONSTRAINT orders_pkey; ALTER TABLE orders REPLICA IDENTITY FULL",
+    );
+    let errors = agree(&config);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].contains(
+            "reads key.id, but public.orders has no replica identity key, so `key` is null"
+        ),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn check_warns_when_a_truncate_trigger_filters_on_row_values() {
+    let (pg, db) = Cluster::with_app_db(ORDERS);
+    pg.psql(&db, "CREATE PUBLICATION walhook FOR TABLE orders");
+    let (rx, dir) = (Receiver::start(), tempdir());
+    let config = write_config(
+        dir.path(),
+        &pg.url(&db),
+        "events = [\"create\", \"truncate\"]\nwhen = \"record.status == 'paid'\"",
+        &rx,
+    );
+    let (status, stdout, _) = walhook(&["check", "--config", config.to_str().unwrap()]);
+    assert!(status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "warning: trigger \"orders\" fires on truncate, but its `when` reads record.status: a truncate has no row"
+        ),
+        "{stdout}"
+    );
+    // A `when` that keeps truncates says so, and is not warned about.
+    let config = write_config(
+        dir.path(),
+        &pg.url(&db),
+        "events = [\"create\", \"truncate\"]\nwhen = \"type == 'truncate' || record.status == 'paid'\"",
+        &rx,
+    );
+    let (status, stdout, _) = walhook(&["check", "--config", config.to_str().unwrap()]);
+    assert!(status.success(), "{stdout}");
+    assert!(!stdout.contains("fires on truncate"), "{stdout}");
+}

@@ -101,7 +101,7 @@ fn a_get_trigger_sends_no_body_and_a_failing_template_fails_only_its_event() {
 name = "lookup"
 table = "people"
 events = ["create"]
-url = "{}/search?name={{record.name}}&id={{record.id}}"
+url = "{}/find people/{{record.name}}?name={{record.name}}&id={{record.id}}"
 method = "GET"
 headers = {{ X-Event = "{{type}}:{{table}}" }}
 secret = "{SECRET}"
@@ -111,10 +111,12 @@ on_4xx = "dead"
     );
     let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
     let daemon = Walhook::streaming(&config);
-    // A null name cannot go into the query: that event fails, the next ones go through.
+    // A null name cannot go into the URL, an empty one would leave `/find%20people/`: those
+    // events fail, the next ones go through. The literal space is encoded once, at load.
     pg.psql(&db, "INSERT INTO people VALUES (1, NULL)");
     pg.psql(&db, "INSERT INTO people VALUES (2, 'Ann & Bob')");
     pg.psql(&db, "INSERT INTO people VALUES (3, 'x/y?z')");
+    pg.psql(&db, "INSERT INTO people VALUES (4, '')");
     let reqs = rx.wait_until(Duration::from_secs(30), "two requests", |r| {
         r.iter().filter(|r| r.ok()).count() >= 2
     });
@@ -126,12 +128,12 @@ on_4xx = "dead"
         vec![
             (
                 "GET".into(),
-                "/search?name=Ann%20%26%20Bob&id=2".into(),
+                "/find%20people/Ann%20%26%20Bob?name=Ann%20%26%20Bob&id=2".into(),
                 serde_json::Value::Null
             ),
             (
                 "GET".into(),
-                "/search?name=x%2Fy%3Fz&id=3".into(),
+                "/find%20people/x%2Fy%3Fz?name=x%2Fy%3Fz&id=3".into(),
                 serde_json::Value::Null
             ),
         ]
@@ -142,20 +144,26 @@ on_4xx = "dead"
         assert_eq!(r.header("x-event"), "create:people");
         assert!(signed(r), "signed over the empty body");
     }
-    // The failed event is dead in walhook.parked at once (on_4xx = "dead"), with its envelope
-    // and why it could not be sent; nothing was sent for it.
-    let dead = wait_rows(&pg, &db, "state = 'dead'", 1);
-    let row = pg.psql(
+    // The failed events are dead in walhook.parked at once (on_4xx = "dead"), with their
+    // envelope and why they could not be sent; nothing was sent for them.
+    let dead = wait_rows(&pg, &db, "state = 'dead'", 2);
+    let rows = pg.psql(
         &db,
-        "SELECT unsendable || '|' || (convert_from(body, 'UTF8')::jsonb->'record'->>'id') \
-         FROM walhook.parked",
+        "SELECT string_agg(unsendable || '|' || (convert_from(body, 'UTF8')::jsonb->'record'->>'id'), \
+         E'\\n' ORDER BY convert_from(body, 'UTF8')::jsonb->'record'->>'id') FROM walhook.parked",
     );
-    assert_eq!(dead, 1);
+    assert_eq!(dead, 2);
+    let rows: Vec<&str> = rows.lines().collect();
     assert!(
-        row.starts_with("url: `{record.name}` is null") && row.ends_with("|1"),
-        "{row}"
+        rows[0].starts_with("url: `{record.name}` is null") && rows[0].ends_with("|1"),
+        "{rows:?}"
     );
-    assert_eq!(rx.requests().len(), 2, "no request for the failed event");
+    assert!(
+        rows[1].starts_with("url: `{record.name}` is empty: it would leave an empty path segment")
+            && rows[1].ends_with("|4"),
+        "{rows:?}"
+    );
+    assert_eq!(rx.requests().len(), 2, "no request for the failed events");
     daemon.wait_log("a template or `body` failed", 1, Duration::from_secs(5));
 }
 

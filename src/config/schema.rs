@@ -492,6 +492,16 @@ impl Reader<'_> {
                 );
                 Some(None)
             }
+            // `columns` trims the envelope; a `body` builds its own, so the two together
+            // would leave one of them doing nothing.
+            Some(f) if body.is_some() => {
+                self.problem(
+                    f.span.clone(),
+                    &key("columns"),
+                    "`columns` trims the default envelope and does nothing with `body`; pick the columns in `body` instead",
+                );
+                Some(None)
+            }
             Some(f) => Some(self.string_list(&f, &key("columns"))),
             None => Some(None),
         };
@@ -740,6 +750,16 @@ impl Reader<'_> {
                 ok = false;
                 continue;
             };
+            if !types.is_empty() && !types.contains(&event) {
+                let fired: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
+                let message = format!(
+                    "the trigger does not fire on {name} (it fires on {}); remove the entry or add it to `events`",
+                    fired.join(", ")
+                );
+                self.problem(f.span.clone(), &entry_key, message);
+                ok = false;
+                continue;
+            }
             match self.choice(&f, &entry_key, &choices) {
                 Some(m) => {
                     methods.set(event, m);

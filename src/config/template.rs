@@ -42,10 +42,11 @@ enum Part {
 /// A compiled template.
 #[derive(Clone)]
 pub struct Template {
+    /// For a URL: its request target (origin form, `/path?query`) only; the scheme, host and
+    /// port are literal and kept by the caller.
     parts: Vec<Part>,
-    /// For a URL: the length of its literal `scheme://authority`, which every rendering
-    /// starts with (0 for a header).
-    authority: usize,
+    /// Whether this is a URL's request target (path segments are checked as they are made).
+    url: bool,
     /// The row columns its holes read (checked against the table at start-up).
     pub columns: Vec<RowColumn>,
 }
@@ -77,12 +78,39 @@ impl Template {
         })
     }
 
-    /// The text with every hole's value written in; the error names the hole that failed.
+    /// The text with every hole's value written in (for a URL, its request target); the
+    /// error names the hole that failed.
+    ///
+    /// A path segment that a hole made empty, `.` or `..` is an error: the first sends
+    /// `/items/` for `/items/{id}`, the others walk the path (servers resolve them).
     pub fn render(&self, ctx: &cel::Context<'_, '_>) -> Result<String, String> {
         let mut out = String::new();
+        // The path segment being written: where it starts, and the hole that wrote into it.
+        let mut segment = 0;
+        let mut hole_in_segment: Option<&str> = None;
+        let mut in_query = false;
+        let close = |out: &str, from: usize, hole: Option<&str>| match (hole, &out[from..]) {
+            (Some(source), "") => Err(format!(
+                "`{{{source}}}` is empty: it would leave an empty path segment"
+            )),
+            (Some(source), text @ ("." | "..")) => Err(format!(
+                "`{{{source}}}` makes the path segment `{text}`, which would change the path"
+            )),
+            _ => Ok(()),
+        };
         for part in &self.parts {
             match part {
-                Part::Literal(s) => out.push_str(s),
+                Part::Literal(s) => {
+                    for c in s.chars() {
+                        if !in_query && matches!(c, '/' | '?') && self.url {
+                            close(&out, segment, hole_in_segment)?;
+                            in_query = c == '?';
+                            segment = out.len() + 1;
+                            hole_in_segment = None;
+                        }
+                        out.push(c);
+                    }
+                }
                 Part::Hole {
                     source,
                     program,
@@ -96,43 +124,19 @@ impl Template {
                     })?;
                     match encoding {
                         Encoding::Verbatim => out.push_str(&text),
-                        // `.` and `..` would walk the path (servers resolve them).
-                        Encoding::PathSegment if text == "." || text == ".." => {
-                            return Err(format!(
-                                "`{{{source}}}` is `{text}`, which would change the path"
-                            ));
-                        }
-                        Encoding::PathSegment | Encoding::QueryValue => {
+                        Encoding::PathSegment => {
+                            hole_in_segment = Some(source);
                             percent_encode(&text, &mut out);
                         }
+                        Encoding::QueryValue => percent_encode(&text, &mut out),
                     }
                 }
             }
         }
+        if !in_query {
+            close(&out, segment, hole_in_segment)?;
+        }
         Ok(out)
-    }
-
-    /// A URL template's request target (origin form, `/path?query`) for one event.
-    pub fn render_target(&self, ctx: &cel::Context<'_, '_>) -> Result<String, String> {
-        let url = self.render(ctx)?;
-        let rest = url.get(self.authority..).unwrap_or("");
-        Ok(if rest.starts_with('/') {
-            rest.to_owned()
-        } else {
-            format!("/{rest}")
-        })
-    }
-
-    /// The text with every hole replaced by `x`: what the config check parses to see that
-    /// the literal parts make a valid URL or header value.
-    fn sample(&self) -> String {
-        self.parts
-            .iter()
-            .map(|p| match p {
-                Part::Literal(s) => s.as_str(),
-                Part::Hole { .. } => "x",
-            })
-            .collect()
     }
 }
 
@@ -232,72 +236,148 @@ fn split(s: &str) -> Result<Vec<(bool, String)>, String> {
     Ok(out)
 }
 
-fn compile(
-    s: &str,
-    authority: usize,
-    encoding_at: impl Fn(&str) -> Encoding,
-) -> Result<Template, String> {
-    let mut parts = Vec::new();
+/// Compiles the holes of `pieces` (from [`split`]) and collects the row columns they read.
+fn compile_holes(pieces: &[(bool, String)]) -> Result<(Vec<Part>, Vec<RowColumn>), String> {
+    let mut holes = Vec::new();
     let mut columns: Vec<RowColumn> = Vec::new();
-    let mut before = String::new();
-    for (hole, text) in split(s)? {
-        if !hole {
-            before.push_str(&text);
-            parts.push(Part::Literal(text));
-            continue;
-        }
-        let program = check_cel(&text).map_err(|e| format!("`{{{text}}}`: {e}"))?;
+    for (_, text) in pieces.iter().filter(|(hole, _)| *hole) {
+        let program = check_cel(text).map_err(|e| format!("`{{{text}}}`: {e}"))?;
         for c in row_columns(program.expression()) {
             if !columns.contains(&c) {
                 columns.push(c);
             }
         }
-        parts.push(Part::Hole {
-            encoding: encoding_at(&before),
-            source: text,
+        holes.push(Part::Hole {
+            encoding: Encoding::Verbatim,
+            source: text.clone(),
             program: Arc::new(program),
         });
-        before.push('x');
     }
-    Ok(Template {
-        parts,
-        authority,
-        columns,
-    })
+    Ok((holes, columns))
 }
 
-/// A trigger's `url`: holes only after the host, in the path or the query.
+/// A trigger's `url`: holes only in the path or the query. Returns the template of its
+/// request target and the URL with every hole as `x` (its scheme, host and port are the
+/// connection's).
+///
+/// Where a hole stands is read from the parsed URL, not from the text: each hole is put in
+/// as a marker, the URL is parsed as a client would parse it, and every marker must come
+/// back in the path or the query. This way `http:/{h}/p`, `https:{h}.example.com` or a
+/// hole in the user info are refused however they are spelled, and the literal text is
+/// normalised once (a space or `é` in the path is percent-encoded at load, `..` resolved).
 pub fn url_template(s: &str) -> Result<(Template, url::Url), String> {
-    let authority_end = s
-        .find("://")
-        .map(|i| i + 3)
-        .and_then(|start| {
-            s[start..]
-                .find(['/', '?', '#'])
-                .map(|j| start + j)
-                .or(Some(s.len()))
-        })
-        .unwrap_or(0);
-    // The scheme, host and port must be literal; `{{` in them is odd but harmless.
-    if s[..authority_end].contains('{') && !s[..authority_end].contains("{{") {
-        return Err(
-            "a template may only stand in the URL's path or query, not in its scheme, host or port"
-                .to_owned(),
-        );
-    }
-    let template = compile(s, authority_end, |before| {
-        if before.contains('?') {
-            Encoding::QueryValue
+    const ONLY: &str = "a template may only stand in the URL's path or query, not in its scheme, user info, host or port";
+    let pieces = split(s)?;
+    let (holes, columns) = compile_holes(&pieces)?;
+    // `_` appears once, at its start, so the marker cannot overlap itself or the text around.
+    let marker = (0u32..)
+        .map(|n| format!("_hole{n}_"))
+        .find(|m| !s.to_ascii_lowercase().contains(m.as_str()))
+        .unwrap_or_default();
+    let marked: String = pieces
+        .iter()
+        .map(|(hole, text)| if *hole { marker.as_str() } else { text })
+        .collect();
+    let parsed = url::Url::parse(&marked).map_err(|e| {
+        if holes.is_empty() {
+            format!("not a valid URL ({e})")
         } else {
-            Encoding::PathSegment
+            format!("not a valid URL ({e}); {ONLY}")
         }
     })?;
-    let sample = template.sample();
-    let url = url::Url::parse(&sample).map_err(|e| format!("not a valid URL ({e})"))?;
-    if template.has_holes() && url.fragment().is_some() {
+    let in_connection = [
+        parsed.scheme(),
+        parsed.username(),
+        parsed.password().unwrap_or_default(),
+        parsed.host_str().unwrap_or_default(),
+    ];
+    if !holes.is_empty() && in_connection.iter().any(|p| p.contains(&marker)) {
+        return Err(ONLY.to_owned());
+    }
+    if !holes.is_empty() && parsed.fragment().is_some() {
         return Err("a URL template cannot have a fragment (`#…` is never sent)".to_owned());
     }
+    let path = parsed.path();
+    let mut parts = Vec::new();
+    let mut holes = holes.into_iter();
+    let mut literal = String::new();
+    for (piece, in_query) in [(path, false), (parsed.query().unwrap_or_default(), true)] {
+        if in_query {
+            if parsed.query().is_none() {
+                break;
+            }
+            literal.push('?');
+        }
+        let mut rest = piece;
+        loop {
+            let (text, after) = match rest.find(&marker) {
+                Some(i) => (&rest[..i], Some(&rest[i + marker.len()..])),
+                None => (rest, None),
+            };
+            encode_request_target(text, &mut literal);
+            let Some(after) = after else { break };
+            let Some(Part::Hole {
+                source, program, ..
+            }) = holes.next()
+            else {
+                return Err(ONLY.to_owned());
+            };
+            if !literal.is_empty() {
+                parts.push(Part::Literal(std::mem::take(&mut literal)));
+            }
+            parts.push(Part::Hole {
+                source,
+                program,
+                encoding: if in_query {
+                    Encoding::QueryValue
+                } else {
+                    Encoding::PathSegment
+                },
+            });
+            rest = after;
+        }
+    }
+    if !literal.is_empty() {
+        parts.push(Part::Literal(literal));
+    }
+    // A hole dropped by the parser (in `a/{x}/../b`, `{x}` is resolved away) is refused.
+    if holes.next().is_some() {
+        return Err(
+            "a hole is lost when the URL is normalised (a `..` segment after it)".to_owned(),
+        );
+    }
+    let template = Template {
+        parts,
+        url: true,
+        columns,
+    };
+    let sample = marked.replace(&marker, "x");
+    let url = url::Url::parse(&sample).map_err(|e| format!("not a valid URL ({e})"))?;
+    let target: String = template
+        .parts
+        .iter()
+        .map(|p| match p {
+            Part::Literal(s) => s.as_str(),
+            Part::Hole { .. } => "x",
+        })
+        .collect();
+    if target.parse::<http::Uri>().is_err() {
+        return Err("the URL's path or query is not a valid request target".to_owned());
+    }
     Ok((template, url))
+}
+
+/// Appends the literal part of a request target, with every byte that RFC 3986 does not
+/// allow there percent-encoded (the URL parser leaves `{`, `}`, `|`, `^` and `` ` `` in a
+/// query, which some servers refuse).
+fn encode_request_target(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
 }
 
 /// Why `s` cannot be a NATS subject to publish to, if it cannot: tokens separated by `.`,
@@ -320,7 +400,24 @@ pub fn check_subject(s: &str) -> Result<(), String> {
 
 /// A header value template.
 pub fn header_template(s: &str) -> Result<Template, String> {
-    compile(s, 0, |_| Encoding::Verbatim)
+    let pieces = split(s)?;
+    let (holes, columns) = compile_holes(&pieces)?;
+    let mut holes = holes.into_iter();
+    let parts = pieces
+        .into_iter()
+        .filter_map(|(hole, text)| {
+            if hole {
+                holes.next()
+            } else {
+                Some(Part::Literal(text))
+            }
+        })
+        .collect();
+    Ok(Template {
+        parts,
+        url: false,
+        columns,
+    })
 }
 
 #[cfg(test)]
@@ -349,36 +446,71 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(
-            out,
-            "https://api.example.com/items/a%20b%2Fc?name=x%26y%3Dz%2B%C3%A9&x={y}"
-        );
+        assert_eq!(out, "/items/a%20b%2Fc?name=x%26y%3Dz%2B%C3%A9&x=%7By%7D");
         let n = render(&t, &[("id", 42.into()), ("type", true.into())]).unwrap();
-        assert!(n.contains("/items/42?name=true"), "{n}");
-        let mut ctx = cel::Context::default();
-        ctx.add_variable_from_value("id", 7);
-        ctx.add_variable_from_value("type", "a");
-        assert_eq!(t.render_target(&ctx).unwrap(), "/items/7?name=a&x={y}");
+        assert_eq!(n, "/items/42?name=true&x=%7By%7D");
         let (q, _) = url_template("http://h:8080?id={id}").unwrap();
-        assert_eq!(q.render_target(&ctx).unwrap(), "/?id=7");
-        ctx.add_variable_from_value("id", "..");
-        let e = t.render_target(&ctx).unwrap_err();
-        assert!(e.contains("change the path"), "{e}");
+        assert_eq!(render(&q, &[("id", 7.into())]).unwrap(), "/?id=7");
+        assert_eq!(render(&q, &[("id", "".into())]).unwrap(), "/?id=");
     }
 
     #[test]
-    fn a_null_or_a_map_is_an_error_not_an_empty_segment() {
+    fn a_value_that_would_change_the_path_is_an_error() {
         let (t, _) = url_template("http://h/items/{id}").unwrap();
         let e = render(&t, &[("id", cel::Value::Null)]).unwrap_err();
         assert!(e.contains("is null"), "{e}");
         let e = render(&t, &[]).unwrap_err();
         assert!(e.contains("{id}"), "{e}");
+        for (value, want) in [
+            ("", "empty path segment"),
+            (".", "change the path"),
+            ("..", "change the path"),
+        ] {
+            let e = render(&t, &[("id", value.into())]).unwrap_err();
+            assert!(e.contains(want), "{value:?}: {e}");
+        }
+        // Two holes that make `..` together, and a hole followed by more path.
+        let (t, _) = url_template("http://h/a/{id}{type}/b").unwrap();
+        let e = render(&t, &[("id", ".".into()), ("type", ".".into())]).unwrap_err();
+        assert!(e.contains("change the path"), "{e}");
+        assert_eq!(
+            render(&t, &[("id", ".".into()), ("type", "a".into())]).unwrap(),
+            "/a/.a/b"
+        );
+        // Part of a segment may be empty when the segment is not.
+        let (t, _) = url_template("http://h/v-{id}/b").unwrap();
+        assert_eq!(render(&t, &[("id", "".into())]).unwrap(), "/v-/b");
+    }
+
+    #[test]
+    fn the_literal_text_is_normalised_once_at_load() {
+        let (t, _) = url_template("http://h/a b/é/{id}?q=a b&r=|").unwrap();
+        assert_eq!(
+            render(&t, &[("id", 7.into())]).unwrap(),
+            "/a%20b/%C3%A9/7?q=a%20b&r=%7C"
+        );
+        let (t, _) = url_template("http://h/a/./b/{id}").unwrap();
+        assert_eq!(render(&t, &[("id", 7.into())]).unwrap(), "/a/b/7");
     }
 
     #[test]
     fn bad_templates_are_refused_at_load() {
         for (s, want) in [
-            ("http://{id}.example.com/", "scheme, host or port"),
+            (
+                "http://{id}.example.com/",
+                "scheme, user info, host or port",
+            ),
+            ("http:/{id}/p", "scheme, user info, host or port"),
+            (
+                "https:{id}.example.com/p",
+                "scheme, user info, host or port",
+            ),
+            ("http://{id}@h/p", "scheme, user info, host or port"),
+            ("http://u:{id}@h/p", "scheme, user info, host or port"),
+            ("http://h:{id}/", "scheme, user info, host or port"),
+            ("http://{{x}}{id}.h/", "scheme, user info, host or port"),
+            ("{type}://h/", "scheme, user info, host or port"),
+            ("http://h/a/{id}/../b", "lost"),
             ("http://h/{id", "never closed"),
             ("http://h/a}", "unmatched"),
             ("http://h/{nope}", "unknown variable `nope`"),
@@ -393,7 +525,7 @@ mod tests {
     #[test]
     fn braces_inside_an_expression_are_counted() {
         let (t, _) = url_template("http://h/{ {'a': 'x}'}['a'] }").unwrap();
-        assert_eq!(render(&t, &[]).unwrap(), "http://h/x%7D");
+        assert_eq!(render(&t, &[]).unwrap(), "/x%7D");
         let t = header_template("{id}-{{literal}}").unwrap();
         assert_eq!(render(&t, &[("id", "e1".into())]).unwrap(), "e1-{literal}");
         let (t, _) = url_template("http://h/{record.id}").unwrap();

@@ -507,7 +507,11 @@ body = "{'name': record.name}"
     let d = &c.triggers[0].delivery;
     assert_eq!(d.url.host_str(), Some("api.example.com"));
     let t = d.url_template.as_ref().unwrap();
-    assert_eq!(t.columns.len(), 0, "key.id is not a record column");
+    assert_eq!(t.columns.len(), 1);
+    assert_eq!(
+        (t.columns[0].variable, t.columns[0].column.as_str()),
+        ("key", "id")
+    );
     assert_eq!(
         d.method.of(EventType::Change(ChangeKind::Delete)),
         HttpMethod::Delete
@@ -552,7 +556,19 @@ fn shaping_mistakes_are_reported() {
         ),
         (
             "table = \"items\"\nurl = \"http://{record.host}/x\"\n",
-            "scheme, host or port",
+            "scheme, user info, host or port",
+        ),
+        (
+            "table = \"items\"\nurl = \"http:/{record.host}/x\"\n",
+            "scheme, user info, host or port",
+        ),
+        (
+            "table = \"items\"\nurl = \"http://h/x\"\nevents = [\"create\"]\nmethod = { create = \"POST\", delete = \"DELETE\" }\n",
+            "does not fire on delete (it fires on create)",
+        ),
+        (
+            "table = \"items\"\nurl = \"http://h/x\"\nbody = \"record\"\ncolumns = [\"id\"]\n",
+            "`columns` trims the default envelope and does nothing with `body`",
         ),
         (
             "table = \"items\"\nurl = \"http://h/{recrod.id}\"\n",

@@ -54,10 +54,10 @@ const CEL_TYPE_NAMES: &[&str] = &[
     "uint",
 ];
 
-/// A row column an expression reads: `record.status`, `old_record["amount"]`.
+/// A row column an expression reads: `record.status`, `old_record["amount"]`, `key.id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowColumn {
-    /// `record` or `old_record`.
+    /// `record`, `old_record` or `key`.
     pub variable: &'static str,
     /// The column name.
     pub column: String,
@@ -74,13 +74,14 @@ pub(crate) fn compile_when(s: &str) -> Result<super::When, String> {
     })
 }
 
-/// The columns of `record` / `old_record` that `expr` reads by name, in order, once each.
+/// The columns of `record` / `old_record` / `key` that `expr` reads by name, in order, once each.
 pub(super) fn row_columns(expr: &cel::IdedExpr) -> Vec<RowColumn> {
     use cel::common::ast::{Expr, LiteralValue};
     fn row_var(e: &cel::IdedExpr) -> Option<&'static str> {
         match &e.expr {
             Expr::Ident(name) if name == "record" => Some("record"),
             Expr::Ident(name) if name == "old_record" => Some("old_record"),
+            Expr::Ident(name) if name == "key" => Some("key"),
             _ => None,
         }
     }

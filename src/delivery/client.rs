@@ -172,6 +172,12 @@ impl Client {
             None => self.method.clone(),
         };
         let uri = match shape.and_then(|s| s.target.as_deref()) {
+            // A parked row's target is its path, unless a JetStream trigger parked it.
+            Some(subject) if !subject.starts_with('/') => {
+                return Err(HttpError::Unsendable(format!(
+                    "`{subject}` is a subject, not a URL path: it was parked when this trigger published to JetStream"
+                )));
+            }
             Some(target) => Uri::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes()))
                 .map_err(|_| {
                     HttpError::Unsendable("the rendered URL is not a valid request target".into())

@@ -96,6 +96,16 @@ impl Publisher {
         {
             return failed(HttpError::Unsendable(error));
         }
+        // A parked row's target is its subject, unless an HTTP trigger of this name parked it.
+        let parked_path = jobs
+            .iter()
+            .filter_map(|(_, _, s)| s.and_then(|s| s.target.as_deref()))
+            .find(|t| t.starts_with('/'));
+        if let Some(path) = parked_path {
+            return failed(HttpError::Unsendable(format!(
+                "`{path}` is a URL path, not a subject: it was parked when this trigger sent HTTP"
+            )));
+        }
         let deadline = tokio::time::Instant::now() + self.timeout;
         let context = match tokio::time::timeout_at(deadline, self.context()).await {
             Ok(Ok(c)) => c,

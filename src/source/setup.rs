@@ -160,6 +160,9 @@ pub struct TableFacts {
     pub has_primary_key: bool,
     /// Its columns, in order.
     pub columns: Vec<String>,
+    /// The columns of an event's `key`: the replica identity's (the primary key under
+    /// DEFAULT and FULL, the index's under USING INDEX, none under NOTHING).
+    pub key_columns: Vec<String>,
     /// Whether the current role owns it (or is a superuser): needed to publish it.
     pub owned: bool,
 }
@@ -201,7 +204,13 @@ pub async fn table_facts(
                         ARRAY(SELECT a.attname::text FROM pg_attribute a \
                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                               ORDER BY a.attnum), \
-                        pg_has_role(current_user, c.relowner, 'USAGE') \
+                        pg_has_role(current_user, c.relowner, 'USAGE'), \
+                        ARRAY(SELECT a.attname::text FROM pg_index i \
+                              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                              WHERE i.indrelid = c.oid AND CASE c.relreplident \
+                                    WHEN 'i' THEN i.indisreplident WHEN 'n' THEN false \
+                                    ELSE i.indisprimary END \
+                              ORDER BY a.attnum) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
                 &[&table.schema, &table.name],
@@ -215,6 +224,7 @@ pub async fn table_facts(
                 identity: 'd',
                 has_primary_key: false,
                 columns: Vec::new(),
+                key_columns: Vec::new(),
                 owned: false,
             });
             continue;
@@ -229,6 +239,7 @@ pub async fn table_facts(
             has_primary_key: row.try_get(2).map_err(get)?,
             columns: row.try_get(3).map_err(get)?,
             owned: row.try_get(4).map_err(get)?,
+            key_columns: row.try_get(5).map_err(get)?,
         });
     }
     Ok(facts)
