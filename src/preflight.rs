@@ -130,6 +130,9 @@ pub async fn database(
     }
     messages_and_truncates(client, config, &mut report).await?;
     for trigger in &config.triggers {
+        shape_warnings(trigger, &mut report);
+    }
+    for trigger in &config.triggers {
         let Some(t) = facts
             .iter()
             .find(|f| Some(&f.table) == trigger.table() && f.kind.is_some())
@@ -209,6 +212,90 @@ async fn messages_and_truncates(
     Ok(())
 }
 
+/// Expressions that will not do what they seem to: a `when` or request template that reads
+/// row values on events that have none, and per-event request shapes that keep `batch` from
+/// filling requests.
+fn shape_warnings(trigger: &Trigger, report: &mut Report) {
+    use crate::event::ChangeKind;
+    let (route, spec) = (&trigger.route, &trigger.delivery);
+    let mut warn = |message: String| {
+        report.push(
+            Severity::Warning,
+            format!("trigger {:?} {message}", trigger.name),
+        );
+    };
+    // (key, the columns it reads, whether its source names truncate, delete)
+    let mut exprs: Vec<(&str, &[config::RowColumn], bool, bool)> = Vec::new();
+    fn of<'a>(
+        key: &'a str,
+        t: &'a config::template::Template,
+    ) -> (&'a str, &'a [config::RowColumn], bool, bool) {
+        (
+            key,
+            &t.columns,
+            t.mentions("truncate"),
+            t.mentions("delete"),
+        )
+    }
+    if let Some(url) = &spec.url_template {
+        exprs.push(of("url", url));
+    }
+    for (_, t) in &spec.header_templates {
+        exprs.push(of("headers", t));
+    }
+    if let Some(t) = spec.nats.as_ref().and_then(|n| n.subject_template.as_ref()) {
+        exprs.push(of("subject", t));
+    }
+    if let Some(body) = &spec.body {
+        let mentions = |w| body.source.contains(w);
+        exprs.push((
+            "body",
+            &body.columns,
+            mentions("truncate"),
+            mentions("delete"),
+        ));
+    }
+    let fires = |k: ChangeKind| route.events.contains(&k);
+    if let Some(when) = route.when.as_ref().filter(|w| {
+        fires(ChangeKind::Truncate) && !w.columns.is_empty() && !w.source.contains("truncate")
+    }) {
+        let c = &when.columns[0];
+        warn(format!(
+            "fires on truncate, but its `when` reads {}.{}: a truncate has no row, so `when` is \
+             false for it (write `type == \"truncate\" || …` to keep them)",
+            c.variable, c.column
+        ));
+    }
+    for (key, columns, names_truncate, names_delete) in &exprs {
+        if let Some(c) = columns
+            .first()
+            .filter(|_| fires(ChangeKind::Truncate) && !names_truncate)
+        {
+            warn(format!(
+                "fires on truncate, but its `{key}` reads {}.{}: a truncate has no row, so its \
+                 truncate events cannot be sent (they fail as unsendable)",
+                c.variable, c.column
+            ));
+        }
+        let on_record = columns.iter().find(|c| c.variable == "record");
+        if let Some(c) = on_record.filter(|_| fires(ChangeKind::Delete) && !names_delete) {
+            warn(format!(
+                "fires on delete, but its `{key}` reads record.{}: record is null for a delete, \
+                 so its delete events cannot be sent (read key.{0} or old_record.{0})",
+                c.column
+            ));
+        }
+    }
+    if spec.batch.get() > 1 && (spec.url_template.is_some() || !spec.header_templates.is_empty()) {
+        warn(format!(
+            "has batch = {}, but a request holds events of one rendered URL and header values \
+             only: with `url` or `headers` templates that differ per event, requests carry \
+             fewer events (one each when every event renders its own)",
+            spec.batch
+        ));
+    }
+}
+
 /// `trigger "a"` or `triggers "a", "b"`.
 fn triggers_of(triggers: &[Trigger], table: &TableName) -> String {
     let names: Vec<String> = triggers
@@ -257,22 +344,6 @@ fn columns<'a>(trigger: &'a Trigger, table: &TableFacts, report: &mut Report) {
         reads("subject", &subject.columns);
     }
     named.extend(read.iter().map(|(_, v, c)| (*v, *c)));
-    // A truncate has no row: a `when` on row values is false for it unless it says otherwise.
-    if let Some(when) = route.when.as_ref().filter(|w| {
-        route.events.contains(&crate::event::ChangeKind::Truncate)
-            && !w.columns.is_empty()
-            && !w.source.contains("truncate")
-    }) {
-        let c = &when.columns[0];
-        report.push(
-            Severity::Warning,
-            format!(
-                "trigger {:?} fires on truncate, but its `when` reads {}.{}: a truncate has no \
-                 row, so `when` is false for it (write `type == \"truncate\" || …` to keep them)",
-                trigger.name, c.variable, c.column
-            ),
-        );
-    }
     let fail = |report: &mut Report, message: String| {
         report.push(
             Severity::Error,

@@ -374,7 +374,10 @@ async fn stream_once(
             () = db_down.notified() => return Err(SourceError::DatabaseShuttingDown),
         };
         match event {
-            SourceEvent::Begin { .. } => ctx.progress(|p| txn = p.begin()).await,
+            SourceEvent::Begin { committed_at, .. } => {
+                ctx.dispatcher.set_behind(behind(committed_at));
+                ctx.progress(|p| txn = p.begin()).await;
+            }
             SourceEvent::Change(change) => {
                 let routed = binding.route(ctx.router, &change, &ctx.health.drift);
                 if !submit(&ctx, txn, routed, &mut stop, &db_down).await? {
@@ -402,9 +405,27 @@ async fn stream_once(
                 }
             }
             SourceEvent::Commit(c) => ctx.progress(|p| p.commit(txn, c.end_lsn)).await,
-            SourceEvent::Idle { wal_end } => ctx.progress(|p| p.keepalive(wal_end)).await,
+            SourceEvent::Idle { wal_end } => {
+                ctx.dispatcher.set_behind(false);
+                ctx.progress(|p| p.keepalive(wal_end)).await;
+            }
         }
     }
+}
+
+/// How old a transaction must be, when it arrives, for the stream to count as catching up
+/// with a backlog (see [`crate::delivery::Dispatcher::set_behind`]).
+const BEHIND_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether a transaction committed at `committed_at` arrives late enough to mean a backlog
+/// (by this host's clock: a clock ahead of the server's by more than [`BEHIND_AFTER`] makes
+/// batching triggers fill their requests while live too, which costs latency, not events).
+fn behind(committed_at: crate::source::pgoutput::PgTimestamp) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    let age = now.saturating_sub(committed_at.unix_micros());
+    age > i64::try_from(BEHIND_AFTER.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Hands a change's or message's events to delivery, counted in transaction `txn` first;

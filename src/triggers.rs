@@ -640,7 +640,9 @@ fn map_val(row: &Row) -> CelMap<'_> {
 
 /// A JSON value as a CEL value. Numbers are parsed from their exact text (serde_json's
 /// arbitrary_precision keeps them as strings): int if it fits i64, uint if it fits u64,
-/// otherwise double; a number too large even for a double stays a string.
+/// otherwise double, unless a double cannot hold it (more than 15 significant digits, or
+/// out of range): then it is a string of its exact text, so that a template or `body`
+/// never writes a different number (a `numeric(30)` key in a URL, say).
 fn json_val(v: &serde_json::Value) -> Box<dyn Val + '_> {
     use serde_json::Value as J;
     match v {
@@ -651,7 +653,10 @@ fn json_val(v: &serde_json::Value) -> Box<dyn Val + '_> {
                 Box::new(CelInt::from(i))
             } else if let Some(u) = n.as_u64() {
                 Box::new(CelUInt::from(u))
-            } else if let Some(f) = n.as_f64() {
+            } else if let Some(f) = n
+                .as_f64()
+                .filter(|_| significant_digits(&n.to_string()) <= 15)
+            {
                 Box::new(CelDouble::from(f))
             } else {
                 Box::new(CelString::from(n.to_string()))
@@ -663,6 +668,20 @@ fn json_val(v: &serde_json::Value) -> Box<dyn Val + '_> {
         )),
         J::Object(map) => Box::new(map_val(map)),
     }
+}
+
+/// The significant digits of a JSON number's text (`-0.00120e5` has 2).
+fn significant_digits(text: &str) -> usize {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or_default();
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let digits = digits.trim_start_matches('0');
+    // Trailing zeros count only before a decimal point (`1200` vs `12.00`).
+    let digits = if mantissa.contains('.') {
+        digits.trim_end_matches('0')
+    } else {
+        digits
+    };
+    digits.len()
 }
 
 /// FNV-1a over the parts (each followed by a 0xff separator, which UTF-8 never contains),
@@ -1048,6 +1067,36 @@ body = "{'name': record.name, 'n': record.n * 2, 'tags': [trigger, table]}"
             "delete",
             "an unsendable event keeps its envelope"
         );
+    }
+
+    #[test]
+    fn numbers_a_double_cannot_hold_are_written_exactly() {
+        let router = Router::new(&configured(
+            r#"[[trigger]]
+name = "items"
+table = "items"
+url = "http://h/items/{key.id}/{record.p}"
+body = "{'id': key.id, 'p': record.p, 'big': record.p > 10.0}"
+"#,
+        ));
+        let ins = keyed(
+            insert("items", r#"{"id":123456789012345678901234,"p":12.50}"#),
+            &["id"],
+        );
+        let r = router.route(&ins).remove(0);
+        let shape = r.shape.as_deref().unwrap();
+        assert_eq!(
+            shape.target.as_deref(),
+            Some("/items/123456789012345678901234/12.5")
+        );
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            r#"{"big":true,"id":"123456789012345678901234","p":12.5}"#
+        );
+        assert_eq!(significant_digits("-0.00120e5"), 2);
+        assert_eq!(significant_digits("1200"), 4);
+        assert_eq!(significant_digits("12.00"), 2);
+        assert_eq!(significant_digits("0.1234567890123456"), 16);
     }
 
     #[test]

@@ -499,6 +499,42 @@ async fn a_backlog_fills_requests_while_the_target_is_busy() {
     assert!(eager > 10, "{eager} requests for 30 events");
 }
 
+/// Requests a fast target gets for 30 events trickled 3 ms apart on one key, by a trigger
+/// with `batch = 50` and a 300 ms linger, when the source is (or is not) catching up.
+async fn requests_for_a_trickle_to_an_idle_target(behind: bool) -> usize {
+    let rx_http = receiver(|_| status(200)).await;
+    let mut t = target(rx_http.url());
+    t.delivery.batch = nz(50);
+    t.delivery.batch_linger = Duration::from_millis(300);
+    let (d, mut rx) = start(t);
+    d.set_behind(behind);
+    for i in 0..30 {
+        d.submit(
+            T0,
+            Job {
+                order_key: 1,
+                ..job(i)
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    acks(&mut rx, 30, Duration::from_secs(5)).await;
+    let n = rx_http.requests().len();
+    d.shutdown(Duration::from_secs(1)).await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_trigger_sends_at_once_and_a_catching_up_one_fills_its_requests() {
+    // Live and idle: every event goes out as it comes, the linger never waited for.
+    let live = requests_for_a_trickle_to_an_idle_target(false).await;
+    assert!(live > 10, "{live} requests for 30 live events");
+    // Catching up with a backlog: the batch waits for more, up to the linger.
+    let behind = requests_for_a_trickle_to_an_idle_target(true).await;
+    assert!(behind <= 2, "{behind} requests for 30 events of a backlog");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_order_holds_under_concurrency_and_retries() {
     // Every 7th request fails, so lanes retry while others move on.

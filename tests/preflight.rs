@@ -388,3 +388,32 @@ fn check_warns_when_a_truncate_trigger_filters_on_row_values() {
     assert!(status.success(), "{stdout}");
     assert!(!stdout.contains("fires on truncate"), "{stdout}");
 }
+
+#[test]
+fn check_warns_about_templates_that_cannot_render_for_some_events() {
+    let (pg, db) = Cluster::with_app_db(ORDERS);
+    pg.psql(&db, "CREATE PUBLICATION walhook FOR TABLE orders");
+    let (rx, dir) = (Receiver::start(), tempdir());
+    let path = dir.path().join("walhook.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nurl = \"{}\"\n\n[server]\nlisten = \"\"\n\n\
+             [[trigger]]\nname = \"orders\"\ntable = \"orders\"\n\
+             events = [\"create\", \"delete\", \"truncate\"]\nbatch = 10\n\
+             url = \"{}/{{record.status}}\"\nheaders = {{ X-Id = \"{{id}}\" }}\n",
+            pg.url(&db),
+            rx.url("/orders")
+        ),
+    )
+    .unwrap();
+    let (status, stdout, _) = walhook(&["check", "--config", path.to_str().unwrap()]);
+    assert!(status.success(), "warnings only: {stdout}");
+    for want in [
+        "warning: trigger \"orders\" fires on truncate, but its `url` reads record.status: a truncate has no row",
+        "warning: trigger \"orders\" fires on delete, but its `url` reads record.status: record is null for a delete",
+        "warning: trigger \"orders\" has batch = 10, but a request holds events of one rendered URL and header values only",
+    ] {
+        assert!(stdout.contains(want), "{want}\n---\n{stdout}");
+    }
+}

@@ -472,7 +472,7 @@ impl DeliverySpec {
 /// `[defaults] timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `[defaults] batch_linger`.
-pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(5);
+pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(50);
 /// `[defaults] concurrency`.
 pub const DEFAULT_CONCURRENCY: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(64) {
     Some(n) => n,

@@ -546,6 +546,14 @@ impl Reader<'_> {
         if is_nats && nats.is_none() {
             return None;
         }
+        if let (Some(m), Some(Some(_))) = (&method, &body) {
+            if !types.is_empty() && types.iter().all(|t| m.of(*t) == HttpMethod::Get) {
+                let message = "a GET carries no body, and every event of this trigger is sent with GET; remove `body`";
+                if let Some(f) = self.get(table, "body") {
+                    self.problem(f.span.clone(), &key("body"), message);
+                }
+            }
+        }
         if let (Some(m), Some(_)) = (&method, &events) {
             if settings.batch.get() > 1 && m.uses_get(&types) {
                 let message = "batch > 1 cannot be used with GET requests (a GET carries no body to put the events in)";

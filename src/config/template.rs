@@ -70,6 +70,13 @@ impl Template {
         self.parts.iter().any(|p| matches!(p, Part::Hole { .. }))
     }
 
+    /// Whether the source of one of its holes contains `word`.
+    pub fn mentions(&self, word: &str) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Hole { source, .. } if source.contains(word)))
+    }
+
     /// The compiled programs of its holes (for the variables they refer to).
     pub fn programs(&self) -> impl Iterator<Item = &cel::Program> {
         self.parts.iter().filter_map(|p| match p {
@@ -89,7 +96,11 @@ impl Template {
         let mut segment = 0;
         let mut hole_in_segment: Option<&str> = None;
         let mut in_query = false;
-        let close = |out: &str, from: usize, hole: Option<&str>| match (hole, &out[from..]) {
+        // `%2e` is a dot to servers that resolve dot segments, so it is compared as one.
+        let close = |out: &str, from: usize, hole: Option<&str>| match (
+            hole,
+            out[from..].replace("%2e", ".").replace("%2E", ".").as_str(),
+        ) {
             (Some(source), "") => Err(format!(
                 "`{{{source}}}` is empty: it would leave an empty path segment"
             )),
@@ -269,10 +280,13 @@ pub fn url_template(s: &str) -> Result<(Template, url::Url), String> {
     const ONLY: &str = "a template may only stand in the URL's path or query, not in its scheme, user info, host or port";
     let pieces = split(s)?;
     let (holes, columns) = compile_holes(&pieces)?;
-    // `_` appears once, at its start, so the marker cannot overlap itself or the text around.
+    // The marker starts with `_` and ends with `~`, each once, so no prefix of it is also a
+    // suffix: it cannot overlap itself, and with its core absent from the text, every
+    // occurrence after parsing is a hole.
+    let lower = s.to_ascii_lowercase();
     let marker = (0u32..)
-        .map(|n| format!("_hole{n}_"))
-        .find(|m| !s.to_ascii_lowercase().contains(m.as_str()))
+        .find(|n| !lower.contains(&format!("hole{n}")))
+        .map(|n| format!("_hole{n}~"))
         .unwrap_or_default();
     let marked: String = pieces
         .iter()
@@ -370,7 +384,7 @@ pub fn url_template(s: &str) -> Result<(Template, url::Url), String> {
 /// Appends the literal part of a request target, with every byte that RFC 3986 does not
 /// allow there percent-encoded (the URL parser leaves `{`, `}`, `|`, `^` and `` ` `` in a
 /// query, which some servers refuse).
-fn encode_request_target(s: &str, out: &mut String) {
+pub fn encode_request_target(s: &str, out: &mut String) {
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b) {
             out.push(char::from(b));
@@ -480,6 +494,29 @@ mod tests {
         // Part of a segment may be empty when the segment is not.
         let (t, _) = url_template("http://h/v-{id}/b").unwrap();
         assert_eq!(render(&t, &[("id", "".into())]).unwrap(), "/v-/b");
+    }
+
+    #[test]
+    fn an_encoded_dot_next_to_a_hole_counts_as_a_dot() {
+        let (t, _) = url_template("http://h/a/{id}%2e/b").unwrap();
+        let e = render(&t, &[("id", ".".into())]).unwrap_err();
+        assert!(e.contains("change the path"), "{e}");
+        let e = render(&t, &[("id", "".into())]).unwrap_err();
+        assert!(e.contains("change the path"), "{e}");
+        assert_eq!(render(&t, &[("id", "v".into())]).unwrap(), "/a/v%2e/b");
+    }
+
+    #[test]
+    fn literal_text_like_the_marker_stays_in_place() {
+        for s in [
+            "http://h/x_hole0{id}",
+            "http://h/x_hole0_{id}",
+            "http://h/{id}hole0~/y",
+        ] {
+            let (t, _) = url_template(s).unwrap();
+            let want = s.trim_start_matches("http://h").replace("{id}", "V");
+            assert_eq!(render(&t, &[("id", "V".into())]).unwrap(), want, "{s}");
+        }
     }
 
     #[test]

@@ -567,6 +567,10 @@ fn shaping_mistakes_are_reported() {
             "does not fire on delete (it fires on create)",
         ),
         (
+            "table = \"items\"\nurl = \"http://h/x\"\nmethod = \"GET\"\nbody = \"record\"\n",
+            "every event of this trigger is sent with GET; remove `body`",
+        ),
+        (
             "table = \"items\"\nurl = \"http://h/x\"\nbody = \"record\"\ncolumns = [\"id\"]\n",
             "`columns` trims the default envelope and does nothing with `body`",
         ),

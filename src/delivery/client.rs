@@ -20,6 +20,7 @@ use super::connection::{Connection, Endpoint, HttpError};
 use super::outcome::{self, Verdict};
 use super::retry;
 use super::sign::Signer;
+use crate::config::template::encode_request_target;
 use crate::config::{DeliverySpec, EventType, HttpMethod};
 
 const USER_AGENT_VALUE: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
@@ -47,9 +48,11 @@ pub struct Attempt {
 #[derive(Debug)]
 pub struct Client {
     endpoint: Endpoint,
-    method: Method,
-    /// Origin form (`/path?query`), as HTTP/1.1 sends it to the server itself.
-    uri: Uri,
+    /// The method of every event, unless `method` is a map (each event's shape names it).
+    method: Option<Method>,
+    /// Origin form (`/path?query`), as HTTP/1.1 sends it to the server itself; `None` when
+    /// `url` is a template (each event's shape holds its target).
+    uri: Option<Uri>,
     /// `host`, content-type, user-agent, URL credentials and the configured headers.
     fixed: HeaderMap,
     signer: Option<Signer>,
@@ -94,7 +97,12 @@ impl Client {
             fixed.insert(AUTHORIZATION, value);
         }
         // With a `method` map every event's shape names its method; otherwise this is it.
-        let method = http_method(spec.method.of(EventType::ALL[0]));
+        let method = spec
+            .method
+            .is_uniform()
+            .then(|| http_method(spec.method.of(EventType::ALL[0])));
+        // The URL of a template is a sample (holes as `x`): never a request target.
+        let uri = spec.url_template.is_none().then_some(uri);
         Ok(Client {
             endpoint,
             method,
@@ -167,9 +175,16 @@ impl Client {
         if let Some(error) = shape.and_then(|s| s.unsendable.as_ref()) {
             return Err(HttpError::Unsendable(error.clone()));
         }
-        let method = match shape.and_then(|s| s.method) {
-            Some(m) => http_method(m),
-            None => self.method.clone(),
+        // A parked row without a stored method or target was parked under another config
+        // (before `method` was a map, or `url` a template): sending it would guess.
+        let method = match (shape.and_then(|s| s.method), &self.method) {
+            (Some(m), _) => http_method(m),
+            (None, Some(m)) => m.clone(),
+            (None, None) => {
+                return Err(HttpError::Unsendable(
+                    "no method was stored for it (it was parked before `method` was a map)".into(),
+                ));
+            }
         };
         let uri = match shape.and_then(|s| s.target.as_deref()) {
             // A parked row's target is its path, unless a JetStream trigger parked it.
@@ -182,7 +197,12 @@ impl Client {
                 .map_err(|_| {
                     HttpError::Unsendable("the rendered URL is not a valid request target".into())
                 })?,
-            None => self.uri.clone(),
+            None => self.uri.clone().ok_or_else(|| {
+                HttpError::Unsendable(
+                    "no URL path was stored for it (it was parked before `url` was a template)"
+                        .into(),
+                )
+            })?,
         };
         let get = method == Method::GET;
         let body = if get { Bytes::new() } else { body };
@@ -262,11 +282,14 @@ fn wants_close(headers: &HeaderMap) -> bool {
 }
 
 /// `/path?query` of `url` (the fragment is never sent).
+/// The URL's request target, normalised as a template's literal text is (`{`, `|`, `^` in
+/// a query are percent-encoded too).
 fn origin_form(url: &url::Url) -> String {
-    let mut out = url.path().to_owned();
+    let mut out = String::new();
+    encode_request_target(url.path(), &mut out);
     if let Some(query) = url.query() {
         out.push('?');
-        out.push_str(query);
+        encode_request_target(query, &mut out);
     }
     out
 }
@@ -367,7 +390,66 @@ mod tests {
             .insert(HOST, HeaderValue::from_static("override"));
         let c = Client::new("t", &spec, &tls).unwrap();
         assert_eq!(c.fixed[HOST], "override", "a configured header wins");
-        assert_eq!(c.uri, "/");
+        assert_eq!(c.uri.unwrap(), "/");
+        // A URL without holes is normalised as a template's literal text is.
+        let braces = url::Url::parse("http://h/p?a={x}|^").unwrap();
+        assert_eq!(origin_form(&braces), "/p?a=%7Bx%7D%7C%5E");
+    }
+
+    #[test]
+    fn a_parked_row_without_its_stored_request_is_never_sent_to_a_guess() {
+        let tls = super::super::connection::tls_config().unwrap();
+        let config = crate::config::parse(
+            "[source]\nurl = \"postgres://h/db\"\n[[trigger]]\nname = \"t\"\ntable = \"t\"\n\
+             url = \"http://h/items/{key.id}\"\n\
+             method = { create = \"POST\", update = \"PUT\", delete = \"DELETE\" }\n",
+            std::path::Path::new("walhook.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        let c = Client::new("t", &config.triggers[0].delivery, &tls).unwrap();
+        let body = Bytes::from_static(b"{}");
+        // Parked under the plain config: no stored method, no stored target.
+        let err = c
+            .request("e", SystemTime::now(), body.clone(), None)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("before `method` was a map"),
+            "{err}"
+        );
+        let method_only = Shape {
+            method: Some(HttpMethod::Put),
+            ..Shape::default()
+        };
+        let err = c
+            .request("e", SystemTime::now(), body.clone(), Some(&method_only))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("before `url` was a template"),
+            "{err}"
+        );
+        // Parked by a JetStream trigger of the same name: a subject is no path.
+        let subject = Shape {
+            method: Some(HttpMethod::Put),
+            target: Some("cdc.items".into()),
+            ..Shape::default()
+        };
+        let err = c
+            .request("e", SystemTime::now(), body.clone(), Some(&subject))
+            .unwrap_err();
+        assert!(err.to_string().contains("is a subject"), "{err}");
+        let stored = Shape {
+            method: Some(HttpMethod::Put),
+            target: Some("/items/7".into()),
+            ..Shape::default()
+        };
+        let req = c
+            .request("e", SystemTime::now(), body, Some(&stored))
+            .unwrap();
+        assert_eq!(
+            (req.method(), req.uri().to_string().as_str()),
+            (&Method::PUT, "/items/7")
+        );
     }
 
     #[test]

@@ -44,8 +44,12 @@ pub(super) struct Shared {
     pub batch: usize,
     /// `batch_linger`: how long a short group waits for more while the target is busy.
     pub linger: Duration,
-    /// Requests of this target on the wire now, over all its lanes.
-    pub in_flight: std::sync::atomic::AtomicUsize,
+    /// The short-request permit (one): a group of fewer than `batch` jobs holds it on the
+    /// wire, so short groups of a busy target take turns while full ones go at once.
+    pub short: Semaphore,
+    /// Whether the source is catching up with a backlog: short groups then wait up to
+    /// `batch_linger` to fill.
+    pub behind: Arc<AtomicBool>,
     pub on_4xx: On4xx,
     /// Bytes that may sit queued for this target; `submit` waits for permits.
     pub budget: Semaphore,
@@ -211,6 +215,26 @@ impl Throttle {
     }
 }
 
+/// Takes the jobs at `picks` (ascending positions) out of `pending`, keeping the rest in order.
+fn take_at(pending: &mut VecDeque<Queued>, picks: &[usize]) -> Vec<Queued> {
+    if picks.iter().enumerate().all(|(i, &p)| i == p) {
+        return pending.drain(..picks.len()).collect();
+    }
+    let mut head = Vec::with_capacity(picks.len());
+    let mut rest = VecDeque::with_capacity(pending.len());
+    let mut next = picks.iter().copied().peekable();
+    for (i, q) in pending.drain(..).enumerate() {
+        if next.peek() == Some(&i) {
+            next.next();
+            head.push(q);
+        } else {
+            rest.push_back(q);
+        }
+    }
+    *pending = rest;
+    head
+}
+
 /// How often a lane looks at a closed fence again.
 const FENCE_POLL: Duration = Duration::from_millis(50);
 
@@ -242,24 +266,52 @@ pub(super) async fn run(
             }
             pending.extend(buf.drain(..));
         }
-        // A backlog fills requests: while other requests of the target are on the wire, a
-        // short group waits up to `batch_linger` for more. An idle target sends at once, so
-        // latency does not rise when there is no backlog.
+        // A backlog fills requests. A full group goes at once. While the source catches up
+        // with a backlog, a short one waits up to `batch_linger` for the group to fill. While
+        // it is live, a short group goes at once with the target's short-request permit,
+        // which is free whenever no other short request is on the wire; otherwise it gathers
+        // more until the permit frees, the group fills, or `batch_linger` passes. An idle
+        // target therefore sends at once, and a busy one lets short requests take turns.
+        let mut short_permit = None;
         if shared.batch > 1
             && pending.len() < shared.batch
             && !shared.linger.is_zero()
-            && shared.in_flight.load(AtomicOrdering::Acquire) > 0
+            && shared.transport.fills_requests()
         {
-            let deadline = tokio::time::Instant::now() + shared.linger;
-            while pending.len() < shared.batch {
-                let want = shared.batch - pending.len();
-                tokio::select! {
-                    biased;
-                    () = stopped(&mut stop) => return,
-                    r = tokio::time::timeout_at(deadline, rx.recv_many(&mut buf, want)) => match r {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => pending.extend(buf.drain(..)),
-                    },
+            let behind = shared.behind.load(AtomicOrdering::Relaxed);
+            match shared.short.try_acquire() {
+                Ok(p) if !behind => short_permit = Some(p),
+                got => {
+                    drop(got);
+                    // Behind: only a full group or the linger ends the wait.
+                    let acquire = async {
+                        if behind {
+                            std::future::pending().await
+                        } else {
+                            shared.short.acquire().await
+                        }
+                    };
+                    let linger = tokio::time::sleep(shared.linger);
+                    tokio::pin!(acquire, linger);
+                    while pending.len() < shared.batch {
+                        let want = shared.batch - pending.len();
+                        tokio::select! {
+                            biased;
+                            () = stopped(&mut stop) => return,
+                            p = &mut acquire => {
+                                short_permit = p.ok();
+                                break;
+                            }
+                            () = &mut linger => break,
+                            // Cancel safe: nothing is lost when another branch wins.
+                            n = rx.recv_many(&mut buf, want) => {
+                                if n == 0 {
+                                    break;
+                                }
+                                pending.extend(buf.drain(..));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -286,12 +338,15 @@ pub(super) async fn run(
         }
         // A request carries jobs of one shape (method, URL, templated headers); a JetStream
         // group one job per ordering key.
-        let n = shared
+        let picks = shared
             .transport
-            .group_len(pending.iter().map(|q| &q.job), shared.batch);
-        let head: Vec<Queued> = pending.drain(..n).collect();
+            .next_group(pending.iter().map(|q| &q.job), shared.batch);
+        let head = take_at(&mut pending, &picks);
         // Every job left has the current epoch, so the batch is discarded as a whole or not.
-        match deliver(&shared, &mut conn, &head, &mut stop).await {
+        let outcome = deliver(&shared, &mut conn, &head, &mut stop).await;
+        // The next short group of the target may go.
+        drop(short_permit);
+        match outcome {
             Outcome::Delivered => {
                 // Gauge and budget first: whoever sees an ack sees them updated.
                 shared.release(&head);
@@ -542,9 +597,7 @@ async fn deliver(
         }
         attempt = attempt.saturating_add(1);
         let started = Instant::now();
-        shared.in_flight.fetch_add(1, AtomicOrdering::AcqRel);
         let result = shared.transport.send(conn, &prepared).await;
-        shared.in_flight.fetch_sub(1, AtomicOrdering::AcqRel);
         // An event no request can be made for says nothing about the target.
         let fails_target = !Transport::unsendable(&prepared);
         shared.record_attempt(&result, events, started.elapsed(), fails_target);

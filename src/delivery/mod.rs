@@ -12,8 +12,10 @@
 //!   see `park`). Without a park store a failing target holds its jobs and retries forever.
 //! - Back-pressure: each lane queue holds at most `max(256, 4 × batch)` jobs and each target at
 //!   most [`TARGET_QUEUE_BYTES`] of bodies; `submit` waits while either is full.
-//! - Batches (`batch > 1`): a lane takes what is queued, up to `batch`, without waiting, and
-//!   sends `{"events":[…]}` built from the raw bodies; `webhook-id` is
+//! - Batches (`batch > 1`): a lane takes what is queued, up to `batch`; a short batch may
+//!   wait up to `batch_linger` for more (while catching up with a backlog, or while another
+//!   short request of the target is on the wire: see `lane`), and a request carries
+//!   `{"events":[…]}` built from the raw bodies; `webhook-id` is
 //!   `{first id}-{count}-{16 hex of SHA-256 over the ids}` (stable for the same members).
 //! - HTTP ([`connection`], [`client`]): each lane keeps one HTTP/1.1 connection (hyper, no
 //!   pool), made on first use and replaced after errors, timeouts and closes; the target's
@@ -70,7 +72,7 @@ pub fn unsendable(error: String) -> Option<Box<Shape>> {
 }
 
 /// Bytes of queued bodies one target may hold before `submit` waits.
-pub const TARGET_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+pub const TARGET_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Bookkeeping charged per job on top of its body, so tiny jobs are bounded too.
 const JOB_OVERHEAD: usize = 128;
 
@@ -153,6 +155,8 @@ pub struct Dispatcher {
     tasks: JoinSet<()>,
     /// Bumped by [`Dispatcher::discard_queued`]; jobs submitted before are dropped.
     epoch: Arc<AtomicU64>,
+    /// Whether the source is catching up with a backlog ([`Dispatcher::set_behind`]).
+    behind: Arc<AtomicBool>,
     /// Lanes send only while it is open.
     fence: Arc<crate::fence::Fence>,
     /// Where lanes park (`None`: no parking; failing targets hold their events).
@@ -221,6 +225,7 @@ impl Dispatcher {
         let park_ready = Arc::new(AtomicBool::new(false));
         let (stop, stop_rx) = watch::channel(false);
         let epoch = Arc::new(AtomicU64::new(0));
+        let behind = Arc::new(AtomicBool::new(false));
         let fence = Arc::new(crate::fence::Fence::default());
         let mut tasks = JoinSet::new();
         let mut handles = Vec::with_capacity(triggers.len());
@@ -250,7 +255,8 @@ impl Dispatcher {
                 retry: spec.retry,
                 batch: spec.batch.get(),
                 linger: spec.batch_linger,
-                in_flight: std::sync::atomic::AtomicUsize::new(0),
+                short: Semaphore::new(1),
+                behind: behind.clone(),
                 on_4xx: spec.on_4xx,
                 budget: Semaphore::new(TARGET_QUEUE_BYTES),
                 acks: acks.clone(),
@@ -298,6 +304,7 @@ impl Dispatcher {
             stop,
             tasks,
             epoch,
+            behind,
             fence,
             park: lane_store,
             db_down,
@@ -395,6 +402,14 @@ impl Dispatcher {
     /// The fence every lane checks before each request; the run side opens and closes it.
     pub fn fence(&self) -> Arc<crate::fence::Fence> {
         self.fence.clone()
+    }
+
+    /// Says whether the source is catching up with a backlog (its transactions arrive well
+    /// after they committed). Triggers with `batch > 1` then let short requests wait up to
+    /// `batch_linger` to fill, so a backlog goes out in full requests; while live, a short
+    /// request goes at once when no other one of its trigger is on the wire.
+    pub fn set_behind(&self, behind: bool) {
+        self.behind.store(behind, AtomicOrdering::Relaxed);
     }
 
     /// Drops every job submitted so far that is not on the wire, without acking it: after a

@@ -106,6 +106,16 @@ impl Publisher {
                 "`{path}` is a URL path, not a subject: it was parked when this trigger sent HTTP"
             )));
         }
+        if self.spec.subject_template.is_some()
+            && jobs
+                .iter()
+                .any(|(_, _, s)| s.and_then(|s| s.target.as_ref()).is_none())
+        {
+            return failed(HttpError::Unsendable(
+                "no subject was stored for it (it was parked before `subject` was a template)"
+                    .to_owned(),
+            ));
+        }
         let deadline = tokio::time::Instant::now() + self.timeout;
         let context = match tokio::time::timeout_at(deadline, self.context()).await {
             Ok(Ok(c)) => c,

@@ -45,12 +45,41 @@ impl Prepared {
     }
 }
 
+/// Whether no request can be made for `j` (a template or `body` failed for it).
+fn unsendable(j: &Job) -> bool {
+    j.shape.as_deref().is_some_and(|s| s.unsendable.is_some())
+}
+
+/// The JetStream rule of [`Transport::next_group`]: the positions of the first job of each
+/// ordering key, up to `batch`; an unsendable first job goes alone, a later one is passed
+/// over with every later job of its key.
+fn first_per_key<'a>(jobs: impl Iterator<Item = &'a Job>, batch: usize) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::new();
+    let mut picks = Vec::new();
+    for (i, j) in jobs.enumerate() {
+        if picks.len() >= batch {
+            break;
+        }
+        if !seen.insert(j.order_key) {
+            continue;
+        }
+        if unsendable(j) {
+            if picks.is_empty() {
+                picks.push(i);
+                break;
+            }
+            continue;
+        }
+        picks.push(i);
+    }
+    picks
+}
+
 impl Transport {
     /// Whether `next` may join `group` (its jobs so far, in order; at most `batch`): an
     /// HTTP request holds jobs of one shape, a JetStream group at most one job per ordering
     /// key, and an unsendable job is always alone. The first job always starts a group.
     pub fn fits(&self, group: &[&Job], next: &Job, batch: usize) -> bool {
-        let unsendable = |j: &Job| j.shape.as_deref().is_some_and(|s| s.unsendable.is_some());
         let Some(first) = group.first() else {
             return true;
         };
@@ -63,16 +92,36 @@ impl Transport {
         }
     }
 
-    /// How many of `jobs` (in order) go in the next group (see [`Transport::fits`]).
-    pub fn group_len<'a>(&self, jobs: impl Iterator<Item = &'a Job>, batch: usize) -> usize {
-        let mut group: Vec<&Job> = Vec::new();
-        for j in jobs {
-            if !self.fits(&group, j, batch) {
-                break;
+    /// Whether a group is one request, so a fuller group saves requests (HTTP). A JetStream
+    /// group is pipelined publishes, one per event: waiting for more saves nothing.
+    pub fn fills_requests(&self) -> bool {
+        matches!(self, Transport::Http(_))
+    }
+
+    /// The positions in `jobs` (a lane's queue, in order) of its next group.
+    ///
+    /// - HTTP: the longest run from the start that [`Transport::fits`] (one request shape).
+    /// - JetStream: the first job of each ordering key, up to `batch`, wherever it stands in
+    ///   the queue. A key's later jobs wait for the next group, and a key whose first job is
+    ///   passed over (unsendable) is passed over entirely, so each key's jobs still go in
+    ///   order, one per group. A queue of a row's insert then update, row after row, thus
+    ///   still fills a group (the inserts; then the updates).
+    ///
+    /// An unsendable job at the front goes alone.
+    pub fn next_group<'a>(&self, jobs: impl Iterator<Item = &'a Job>, batch: usize) -> Vec<usize> {
+        match self {
+            Transport::Http(_) => {
+                let mut group: Vec<&Job> = Vec::new();
+                for j in jobs {
+                    if !self.fits(&group, j, batch) {
+                        break;
+                    }
+                    group.push(j);
+                }
+                (0..group.len()).collect()
             }
-            group.push(j);
+            Transport::Nats(_) => first_per_key(jobs, batch),
         }
-        group.len()
     }
 
     /// The group's request(s).
@@ -131,5 +180,39 @@ impl Transport {
                 .iter()
                 .any(|(_, _, s)| s.as_deref().is_some_and(|s| s.unsendable.is_some())),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn job(key: u64, unsendable: bool) -> Job {
+        Job {
+            id: format!("e{key}"),
+            body: Bytes::new(),
+            order_key: key,
+            txn: super::super::Ack { session: 0, txn: 0 },
+            shape: unsendable.then(|| {
+                Box::new(Shape {
+                    unsendable: Some("x".into()),
+                    ..Shape::default()
+                })
+            }),
+        }
+    }
+
+    #[test]
+    fn a_jetstream_group_takes_the_first_job_of_each_key() {
+        // A row's insert then its update, row after row.
+        let q: Vec<Job> = [1, 1, 2, 2, 3, 3].iter().map(|&k| job(k, false)).collect();
+        assert_eq!(first_per_key(q.iter(), 100), vec![0, 2, 4]);
+        assert_eq!(first_per_key(q.iter(), 2), vec![0, 2]);
+        // An unsendable job in front goes alone; a later one is passed over with its key.
+        let q = [job(1, true), job(2, false)];
+        assert_eq!(first_per_key(q.iter(), 100), vec![0]);
+        let q = [job(1, false), job(2, true), job(2, false), job(3, false)];
+        assert_eq!(first_per_key(q.iter(), 100), vec![0, 3]);
     }
 }

@@ -18,6 +18,7 @@ use crate::event::{Change, Message};
 use crate::lsn::Lsn;
 use crate::source::changes::{self, ChangeError, TxnContext};
 use crate::source::connection::{ConnectError, ReplicationReader, ReplicationWriter};
+use crate::source::pgoutput::PgTimestamp;
 use crate::source::pgoutput::{self, Commit, DecodeError, PgOutput};
 use crate::source::protocol::{self, ProtocolError, ReplicationMessage};
 use crate::source::relations::{RelationCache, RelationError};
@@ -38,6 +39,8 @@ pub enum SourceEvent {
         xid: u32,
         /// LSN of its commit record.
         commit_lsn: Lsn,
+        /// When it committed (by the server's clock).
+        committed_at: PgTimestamp,
     },
     /// A row change inside the current transaction.
     Change(Change),
@@ -309,6 +312,7 @@ impl ReplicationStream {
                 SourceEvent::Begin {
                     xid: b.xid,
                     commit_lsn: b.final_lsn,
+                    committed_at: b.commit_time,
                 }
             }
             PgOutput::Commit(c) => {
