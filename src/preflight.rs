@@ -176,17 +176,8 @@ async fn messages_and_truncates(
         .collect();
     if !message_triggers.is_empty() {
         let version = setup::server_version_num(client).await?;
-        if version < 140_000 {
-            report.push(
-                Severity::Error,
-                format!(
-                    "message triggers ({}) need PostgreSQL 14 or later: this server is {}.{}, \
-                     whose pgoutput cannot send logical decoding messages",
-                    message_triggers.join(", "),
-                    version / 10_000,
-                    version % 10_000 / 100
-                ),
-            );
+        if let Some(problem) = messages_unsupported(version, &message_triggers) {
+            report.push(Severity::Error, problem);
         }
     }
     let truncating: Vec<String> = config
@@ -210,6 +201,20 @@ async fn messages_and_truncates(
         );
     }
     Ok(())
+}
+
+/// Why message triggers cannot run on a server of `server_version_num` `version`, if they
+/// cannot: pgoutput sends logical decoding messages from PostgreSQL 14 on.
+fn messages_unsupported(version: u32, triggers: &[String]) -> Option<String> {
+    (version < 140_000).then(|| {
+        format!(
+            "message triggers ({}) need PostgreSQL 14 or later: this server is {}.{}, whose \
+             pgoutput cannot send logical decoding messages",
+            triggers.join(", "),
+            version / 10_000,
+            version % 10_000
+        )
+    })
 }
 
 /// Expressions that will not do what they seem to: a `when` or request template that reads
@@ -582,5 +587,24 @@ fn identity_name(identity: char) -> &'static str {
         'i' => "USING INDEX",
         'f' => "FULL",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_triggers_need_postgres_14() {
+        let names = ["\"shipped\"".to_owned()];
+        assert_eq!(
+            messages_unsupported(130_018, &names).as_deref(),
+            Some(
+                "message triggers (\"shipped\") need PostgreSQL 14 or later: this server is 13.18, \
+                 whose pgoutput cannot send logical decoding messages"
+            )
+        );
+        assert_eq!(messages_unsupported(140_000, &names), None);
+        assert_eq!(messages_unsupported(180_001, &names), None);
     }
 }

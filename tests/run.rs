@@ -676,6 +676,55 @@ fn idle_and_unmatched_traffic_still_advance_the_slot() {
     assert!(rx.requests().is_empty(), "no trigger matched anything");
 }
 
+/// The events a batch request carries.
+fn events_in(r: &Request) -> usize {
+    r.json()["events"].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn a_backlog_goes_out_in_full_batches_and_live_events_at_once() {
+    let Scenario { pg, db, rx, dir } = Scenario::start("CREATE TABLE items (id int PRIMARY KEY)");
+    let triggers = trigger_toml(
+        "items",
+        "items",
+        &rx.url("/i"),
+        &["batch = 50", "concurrency = 4"],
+    );
+    let config = write_config(dir.path(), &pg.url(&db), FAST, &triggers);
+    // The first run makes the slot; the backlog piles up while walhook is down.
+    let mut first = Walhook::streaming(&config);
+    first.signal("-TERM");
+    first.wait_exit(Duration::from_secs(10));
+    pg.psql(
+        &db,
+        "DO $$ BEGIN FOR i IN 1..400 LOOP INSERT INTO items VALUES (i); COMMIT; END LOOP; END $$",
+    );
+    // Older than the half second after which walhook counts itself as catching up.
+    std::thread::sleep(Duration::from_millis(800));
+    let _walhook = Walhook::streaming(&config);
+    let total = |r: &[Request]| r.iter().map(events_in).sum::<usize>();
+    let reqs = rx.wait_until(Duration::from_secs(30), "400 events", |r| total(r) >= 400);
+    assert_eq!(total(&reqs), 400);
+    // 400 one-row transactions over 4 lanes: 8 full requests, give or take a short one each.
+    assert!(
+        reqs.len() <= 12,
+        "{} requests for a backlog of 400 events with batch = 50",
+        reqs.len()
+    );
+    // Live, one row at a time: each goes out at once, alone.
+    for i in 1001..=1010 {
+        pg.psql(&db, &format!("INSERT INTO items VALUES ({i})"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reqs = rx.wait_until(Duration::from_secs(30), "410 events", |r| total(r) >= 410);
+    let live: Vec<usize> = reqs.iter().rev().take(10).map(events_in).collect();
+    assert_eq!(
+        live,
+        vec![1; 10],
+        "live events each in a request of their own"
+    );
+}
+
 // ================================================================ 6. bad config
 
 const BASE_CONFIG: [&str; 13] = [

@@ -11,7 +11,7 @@
 //!   carried it, or once the job is stored in `walhook.parked` ([`Dispatcher::start_parking`]:
 //!   see `park`). Without a park store a failing target holds its jobs and retries forever.
 //! - Back-pressure: each lane queue holds at most `max(256, 4 × batch)` jobs and each target at
-//!   most [`TARGET_QUEUE_BYTES`] of bodies; `submit` waits while either is full.
+//!   most [`queue_budget`] bytes of bodies; `submit` waits while either is full.
 //! - Batches (`batch > 1`): a lane takes what is queued, up to `batch`; a short batch may
 //!   wait up to `batch_linger` for more (while catching up with a backlog, or while another
 //!   short request of the target is on the wire: see `lane`), and a request carries
@@ -71,8 +71,20 @@ pub fn unsendable(error: String) -> Option<Box<Shape>> {
     }))
 }
 
-/// Bytes of queued bodies one target may hold before `submit` waits.
-pub const TARGET_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes of queued bodies (with [`JOB_OVERHEAD`] each) one target may hold before `submit`
+/// waits: room for every lane to have a full batch on the wire, at
+/// [`QUEUE_BYTES_PER_EVENT`] each, within 1 to 16 MiB. The queue is what a drain's memory
+/// grows with, and a batch = 1 trigger has at most `concurrency` events on the wire, so it
+/// needs little; a batching one to a slow receiver needs room for full batches in flight.
+pub fn queue_budget(concurrency: usize, batch: usize) -> usize {
+    concurrency
+        .saturating_mul(batch)
+        .saturating_mul(QUEUE_BYTES_PER_EVENT)
+        .clamp(1024 * 1024, 16 * 1024 * 1024)
+}
+
+/// The budget per event on the wire: a typical row event with its bookkeeping.
+const QUEUE_BYTES_PER_EVENT: usize = 512;
 /// Bookkeeping charged per job on top of its body, so tiny jobs are bounded too.
 const JOB_OVERHEAD: usize = 128;
 
@@ -248,6 +260,7 @@ impl Dispatcher {
                 Some(n) => transport::Transport::Nats(nats::Publisher::new(&t.name, spec, n)),
                 None => transport::Transport::Http(client::Client::new(&t.name, spec, &tls)?),
             };
+            let budget = queue_budget(spec.concurrency.get(), spec.batch.get());
             let shared = Arc::new(Shared {
                 metrics: TargetMetrics::new(&t.name),
                 name: t.name.clone(),
@@ -258,7 +271,7 @@ impl Dispatcher {
                 short: Semaphore::new(1),
                 behind: behind.clone(),
                 on_4xx: spec.on_4xx,
-                budget: Semaphore::new(TARGET_QUEUE_BYTES),
+                budget: Semaphore::new(budget),
                 acks: acks.clone(),
                 epoch: epoch.clone(),
                 gone: AtomicBool::new(false),
@@ -290,7 +303,7 @@ impl Dispatcher {
             handles.push(TargetHandle {
                 lanes,
                 shared,
-                budget_bytes: TARGET_QUEUE_BYTES,
+                budget_bytes: budget,
             });
         }
         if let Some(conninfo) = park {
