@@ -374,8 +374,12 @@ async fn stream_once(
             () = db_down.notified() => return Err(SourceError::DatabaseShuttingDown),
         };
         match event {
-            SourceEvent::Begin { committed_at, .. } => {
-                ctx.dispatcher.set_behind(behind(committed_at));
+            SourceEvent::Begin {
+                committed_at,
+                sent_at,
+                ..
+            } => {
+                ctx.dispatcher.set_behind(behind(committed_at, sent_at));
                 ctx.progress(|p| txn = p.begin()).await;
             }
             SourceEvent::Change(change) => {
@@ -413,18 +417,18 @@ async fn stream_once(
     }
 }
 
-/// How old a transaction must be, when it arrives, for the stream to count as catching up
-/// with a backlog (see [`crate::delivery::Dispatcher::set_behind`]).
-const BEHIND_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long after its commit the server must send a transaction for the stream to count as
+/// catching up with a backlog (see [`crate::delivery::Dispatcher::set_behind`]). Above the
+/// 600 ms by which `synchronous_commit = off` may hold back a commit's WAL.
+const BEHIND_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Whether a transaction committed at `committed_at` arrives late enough to mean a backlog
-/// (by this host's clock: a clock ahead of the server's by more than [`BEHIND_AFTER`] makes
-/// batching triggers fill their requests while live too, which costs latency, not events).
-fn behind(committed_at: crate::source::pgoutput::PgTimestamp) -> bool {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    let age = now.saturating_sub(committed_at.unix_micros());
+/// Whether a transaction the server sent at `sent_at` and committed at `committed_at` (both by
+/// the server's clock, so the host's clock does not matter) means a backlog.
+fn behind(
+    committed_at: crate::source::pgoutput::PgTimestamp,
+    sent_at: crate::source::pgoutput::PgTimestamp,
+) -> bool {
+    let age = sent_at.0.saturating_sub(committed_at.0);
     age > i64::try_from(BEHIND_AFTER.as_micros()).unwrap_or(i64::MAX)
 }
 

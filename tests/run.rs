@@ -699,8 +699,8 @@ fn a_backlog_goes_out_in_full_batches_and_live_events_at_once() {
         &db,
         "DO $$ BEGIN FOR i IN 1..400 LOOP INSERT INTO items VALUES (i); COMMIT; END LOOP; END $$",
     );
-    // Older than the half second after which walhook counts itself as catching up.
-    std::thread::sleep(Duration::from_millis(800));
+    // Sent over a second after their commit: walhook counts itself as catching up.
+    std::thread::sleep(Duration::from_millis(1500));
     let _walhook = Walhook::streaming(&config);
     let total = |r: &[Request]| r.iter().map(events_in).sum::<usize>();
     let reqs = rx.wait_until(Duration::from_secs(30), "400 events", |r| total(r) >= 400);

@@ -44,9 +44,10 @@ pub(super) struct Shared {
     pub batch: usize,
     /// `batch_linger`: how long a short group waits for more while the target is busy.
     pub linger: Duration,
-    /// The short-request permit (one): a group of fewer than `batch` jobs holds it on the
-    /// wire, so short groups of a busy target take turns while full ones go at once.
-    pub short: Semaphore,
+    /// Whether a short request of the target holds the short turn ([`ShortTurn`]).
+    pub short_busy: AtomicBool,
+    /// Wakes the lanes waiting for the short turn.
+    pub short_done: Notify,
     /// Whether the source is catching up with a backlog: short groups then wait up to
     /// `batch_linger` to fill.
     pub behind: Arc<AtomicBool>,
@@ -215,6 +216,28 @@ impl Throttle {
     }
 }
 
+/// How often a lingering lane looks whether the queue budget ran out.
+const BUDGET_CHECK: Duration = Duration::from_millis(5);
+
+/// A target's short turn: held by the one short request on the wire while the source is live;
+/// when it is answered (or fails once), every lane waiting for it is woken.
+pub(super) struct ShortTurn<'a>(&'a Shared);
+
+impl<'a> ShortTurn<'a> {
+    /// The turn, if no other short request of the target holds it.
+    fn take(shared: &'a Shared) -> Option<ShortTurn<'a>> {
+        // `then`, not `then_some`: a turn made and dropped would free the one in use.
+        (!shared.short_busy.swap(true, AtomicOrdering::AcqRel)).then(|| ShortTurn(shared))
+    }
+}
+
+impl Drop for ShortTurn<'_> {
+    fn drop(&mut self) {
+        self.0.short_busy.store(false, AtomicOrdering::Release);
+        self.0.short_done.notify_waiters();
+    }
+}
+
 /// Takes the jobs at `picks` (ascending positions) out of `pending`, keeping the rest in order.
 fn take_at(pending: &mut VecDeque<Queued>, picks: &[usize]) -> Vec<Queued> {
     if picks.iter().enumerate().all(|(i, &p)| i == p) {
@@ -266,52 +289,57 @@ pub(super) async fn run(
             }
             pending.extend(buf.drain(..));
         }
-        // A backlog fills requests. A full group goes at once. While the source catches up
-        // with a backlog, a short one waits up to `batch_linger` for the group to fill. While
-        // it is live, a short group goes at once with the target's short-request permit,
-        // which is free whenever no other short request is on the wire; otherwise it gathers
-        // more until the permit frees, the group fills, or `batch_linger` passes. An idle
-        // target therefore sends at once, and a busy one lets short requests take turns.
-        let mut short_permit = None;
+        // Short HTTP batches (README, "Batches"). A full group goes at once, and so does a
+        // group cut short by a change of request shape (it cannot grow). While the source
+        // catches up with a backlog, a short group waits up to `batch_linger` for the group
+        // to fill. While it is live, a short group goes at once when no other short request
+        // of the target is on the wire (it takes the short turn); otherwise it gathers more
+        // until that request is answered, the group fills, or `batch_linger` passes. An idle
+        // target therefore sends at once, and a busy one sends fuller requests.
+        let mut turn: Option<ShortTurn<'_>> = None;
         if shared.batch > 1
             && pending.len() < shared.batch
             && !shared.linger.is_zero()
             && shared.transport.fills_requests()
+            && shared
+                .transport
+                .next_group(pending.iter().map(|q| &q.job), shared.batch)
+                .len()
+                == pending.len()
         {
             let behind = shared.behind.load(AtomicOrdering::Relaxed);
-            match shared.short.try_acquire() {
-                Ok(p) if !behind => short_permit = Some(p),
-                got => {
-                    drop(got);
-                    // Behind: only a full group or the linger ends the wait.
-                    let acquire = async {
-                        if behind {
-                            std::future::pending().await
-                        } else {
-                            shared.short.acquire().await
-                        }
-                    };
-                    let linger = tokio::time::sleep(shared.linger);
-                    tokio::pin!(acquire, linger);
-                    while pending.len() < shared.batch {
-                        let want = shared.batch - pending.len();
-                        tokio::select! {
-                            biased;
-                            () = stopped(&mut stop) => return,
-                            p = &mut acquire => {
-                                short_permit = p.ok();
+            let answered = shared.short_done.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            turn = if behind {
+                None
+            } else {
+                ShortTurn::take(&shared)
+            };
+            if turn.is_none() {
+                let linger = tokio::time::sleep(shared.linger);
+                tokio::pin!(linger);
+                // The queue budget can run out before the group fills: nothing more comes.
+                let mut budget_check = tokio::time::interval(BUDGET_CHECK);
+                while pending.len() < shared.batch && !shared.budget_exhausted() {
+                    let want = shared.batch - pending.len();
+                    tokio::select! {
+                        biased;
+                        () = stopped(&mut stop) => return,
+                        () = &mut answered, if !behind => break,
+                        () = &mut linger => break,
+                        // Cancel safe: nothing is lost when another branch wins.
+                        n = rx.recv_many(&mut buf, want) => {
+                            if n == 0 {
                                 break;
                             }
-                            () = &mut linger => break,
-                            // Cancel safe: nothing is lost when another branch wins.
-                            n = rx.recv_many(&mut buf, want) => {
-                                if n == 0 {
-                                    break;
-                                }
-                                pending.extend(buf.drain(..));
-                            }
+                            pending.extend(buf.drain(..));
                         }
+                        _ = budget_check.tick() => {}
                     }
+                }
+                if !behind {
+                    turn = ShortTurn::take(&shared);
                 }
             }
         }
@@ -330,11 +358,17 @@ pub(super) async fn run(
                     failing_for: Duration::ZERO,
                     error: shared.failing.last_error(),
                 };
+                drop(turn.take());
                 if park_and_ack(&shared, jobs, State::Pending, &failure, &mut stop).await {
                     return;
                 }
                 continue;
             }
+        }
+        // A JetStream group takes the first job of each key wherever it stands: look at
+        // everything that is queued.
+        if !shared.transport.fills_requests() {
+            top_up(&mut rx, &mut pending, 4 * shared.batch);
         }
         // A request carries jobs of one shape (method, URL, templated headers); a JetStream
         // group one job per ordering key.
@@ -343,9 +377,7 @@ pub(super) async fn run(
             .next_group(pending.iter().map(|q| &q.job), shared.batch);
         let head = take_at(&mut pending, &picks);
         // Every job left has the current epoch, so the batch is discarded as a whole or not.
-        let outcome = deliver(&shared, &mut conn, &head, &mut stop).await;
-        // The next short group of the target may go.
-        drop(short_permit);
+        let outcome = deliver(&shared, &mut conn, &head, &mut stop, &mut turn).await;
         match outcome {
             Outcome::Delivered => {
                 // Gauge and budget first: whoever sees an ack sees them updated.
@@ -494,6 +526,12 @@ impl Shared {
         *queued = keep;
     }
 
+    /// Whether the queue budget is (nearly) used up, so `submit` is waiting: a lingering lane
+    /// would wait for events that cannot come.
+    fn budget_exhausted(&self) -> bool {
+        self.budget.available_permits() < 2048
+    }
+
     /// Gives the jobs' byte budget back and takes them off the queue-depth gauge.
     fn release(&self, jobs: &[Queued]) {
         let weight: usize = jobs.iter().map(|q| q.weight as usize).sum();
@@ -572,12 +610,17 @@ async fn deliver(
     conn: &mut Connection,
     queued: &[Queued],
     stop: &mut watch::Receiver<bool>,
+    turn: &mut Option<ShortTurn<'_>>,
 ) -> Outcome {
     let prepared = shared
         .transport
         .prepare(queued.iter().map(|q| &q.job), shared.batch);
     let id = prepared.id().to_owned();
     let events = queued.len() as u64;
+    if shared.gone.load(AtomicOrdering::Acquire) {
+        // A paused target's wait is no request on the wire.
+        drop(turn.take());
+    }
     if shared.gone.load(AtomicOrdering::Acquire) && !paused(shared, stop).await {
         return Outcome::Stopped;
     }
@@ -598,6 +641,8 @@ async fn deliver(
         attempt = attempt.saturating_add(1);
         let started = Instant::now();
         let result = shared.transport.send(conn, &prepared).await;
+        // Retries and their backoff are no request on the wire: the next short group goes.
+        drop(turn.take());
         // An event no request can be made for says nothing about the target.
         let fails_target = !Transport::unsendable(&prepared);
         shared.record_attempt(&result, events, started.elapsed(), fails_target);

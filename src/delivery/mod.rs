@@ -268,7 +268,8 @@ impl Dispatcher {
                 retry: spec.retry,
                 batch: spec.batch.get(),
                 linger: spec.batch_linger,
-                short: Semaphore::new(1),
+                short_busy: AtomicBool::new(false),
+                short_done: Notify::new(),
                 behind: behind.clone(),
                 on_4xx: spec.on_4xx,
                 budget: Semaphore::new(budget),
@@ -388,8 +389,10 @@ impl Dispatcher {
             tracing::error!(target_index = target.index(), job = %job.id, "submit to an unknown target; the job will not be delivered or acked");
             return;
         };
-        // A body larger than the whole budget takes the whole budget: it still goes through.
-        let weight = (job.body.len() + JOB_OVERHEAD).min(t.budget_bytes);
+        // A job weighs at most a lane's share of the budget, so every lane can have a request
+        // on the wire however large the rows are (memory then grows with the rows, never the
+        // stream stalling behind one large body).
+        let weight = (job.body.len() + JOB_OVERHEAD).min(t.budget_bytes / t.lanes.len().max(1));
         let weight_u32 = u32::try_from(weight).unwrap_or(u32::MAX);
         let Ok(permits) = t.shared.budget.acquire_many(weight_u32).await else {
             return; // the semaphore is never closed; unreachable in practice

@@ -39,8 +39,11 @@ pub enum SourceEvent {
         xid: u32,
         /// LSN of its commit record.
         commit_lsn: Lsn,
-        /// When it committed (by the server's clock).
+        /// When it committed, and when the server sent its Begin (both by the server's
+        /// clock): how far behind the stream runs, free of clock skew.
         committed_at: PgTimestamp,
+        /// See `committed_at`.
+        sent_at: PgTimestamp,
     },
     /// A row change inside the current transaction.
     Change(Change),
@@ -206,6 +209,8 @@ pub struct ReplicationStream {
     stop_writer: Arc<Notify>,
     txn: Option<TxnContext>,
     seq: u64,
+    /// The server's clock when it sent the last XLogData.
+    sent_at: PgTimestamp,
     /// Events decoded from one message and not yet returned (a Truncate of several tables).
     backlog: std::collections::VecDeque<SourceEvent>,
 }
@@ -232,6 +237,7 @@ impl ReplicationStream {
             stop_writer,
             txn: None,
             seq: 0,
+            sent_at: PgTimestamp::default(),
             backlog: std::collections::VecDeque::new(),
         }
     }
@@ -290,8 +296,14 @@ impl ReplicationStream {
                         return Ok(SourceEvent::Idle { wal_end });
                     }
                 }
-                ReplicationMessage::XLogData { wal_end, data, .. } => {
+                ReplicationMessage::XLogData {
+                    wal_end,
+                    data,
+                    server_time,
+                    ..
+                } => {
                     self.status.received.fetch_max(wal_end.0, Ordering::AcqRel);
+                    self.sent_at = PgTimestamp(server_time);
                     if let Some(event) = self.on_message(pgoutput::decode(data)?).await? {
                         return Ok(event);
                     }
@@ -313,6 +325,7 @@ impl ReplicationStream {
                     xid: b.xid,
                     commit_lsn: b.final_lsn,
                     committed_at: b.commit_time,
+                    sent_at: self.sent_at,
                 }
             }
             PgOutput::Commit(c) => {
