@@ -420,7 +420,7 @@ async fn stream_once(
 /// How long after its commit the server must send a transaction for the stream to count as
 /// catching up with a backlog (see [`crate::delivery::Dispatcher::set_behind`]). Above the
 /// 600 ms by which `synchronous_commit = off` may hold back a commit's WAL.
-const BEHIND_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+const BEHIND_AFTER_MICROS: i64 = 1_000_000;
 
 /// Whether a transaction the server sent at `sent_at` and committed at `committed_at` (both by
 /// the server's clock, so the host's clock does not matter) means a backlog.
@@ -428,8 +428,7 @@ fn behind(
     committed_at: crate::source::pgoutput::PgTimestamp,
     sent_at: crate::source::pgoutput::PgTimestamp,
 ) -> bool {
-    let age = sent_at.0.saturating_sub(committed_at.0);
-    age > i64::try_from(BEHIND_AFTER.as_micros()).unwrap_or(i64::MAX)
+    sent_at.0.saturating_sub(committed_at.0) > BEHIND_AFTER_MICROS
 }
 
 /// Hands a change's or message's events to delivery, counted in transaction `txn` first;

@@ -442,6 +442,21 @@ async fn a_batch_holds_events_of_one_shape_only() {
     d.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Submits jobs `seqs` on key 1, 3 ms apart.
+async fn trickle(d: &Dispatcher, seqs: std::ops::RangeInclusive<u64>) {
+    for i in seqs {
+        d.submit(
+            T0,
+            Job {
+                order_key: 1,
+                ..job(i)
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+}
+
 /// Requests that carried key 1's 30 events, with `batch_linger = linger`, while lane 0 has a
 /// slow request on the wire.
 async fn requests_for_a_trickle_beside_a_busy_lane(linger: Duration) -> usize {
@@ -468,17 +483,7 @@ async fn requests_for_a_trickle_beside_a_busy_lane(linger: Duration) -> usize {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    for i in 1..=30 {
-        d.submit(
-            T0,
-            Job {
-                order_key: 1,
-                ..job(i)
-            },
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
+    trickle(&d, 1..=30).await;
     acks(&mut rx, 31, Duration::from_secs(5)).await;
     let n = rx_http
         .requests()
@@ -508,17 +513,7 @@ async fn requests_for_a_trickle_to_an_idle_target(behind: bool) -> usize {
     t.delivery.batch_linger = Duration::from_millis(300);
     let (d, mut rx) = start(t);
     d.set_behind(behind);
-    for i in 0..30 {
-        d.submit(
-            T0,
-            Job {
-                order_key: 1,
-                ..job(i)
-            },
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
+    trickle(&d, 0..=29).await;
     acks(&mut rx, 30, Duration::from_secs(5)).await;
     let n = rx_http.requests().len();
     d.shutdown(Duration::from_secs(1)).await;

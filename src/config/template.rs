@@ -96,18 +96,19 @@ impl Template {
         let mut segment = 0;
         let mut hole_in_segment: Option<&str> = None;
         let mut in_query = false;
-        // `%2e` is a dot to servers that resolve dot segments, so it is compared as one.
-        let close = |out: &str, from: usize, hole: Option<&str>| match (
-            hole,
-            out[from..].replace("%2e", ".").replace("%2E", ".").as_str(),
-        ) {
-            (Some(source), "") => Err(format!(
-                "`{{{source}}}` is empty: it would leave an empty path segment"
-            )),
-            (Some(source), text @ ("." | "..")) => Err(format!(
-                "`{{{source}}}` makes the path segment `{text}`, which would change the path"
-            )),
-            _ => Ok(()),
+        let close = |out: &str, from: usize, hole: Option<&str>| {
+            let Some(source) = hole else { return Ok(()) };
+            // `%2e` is a dot to servers that resolve dot segments, so it is compared as one.
+            let segment = out[from..].replace("%2e", ".").replace("%2E", ".");
+            match segment.as_str() {
+                "" => Err(format!(
+                    "`{{{source}}}` is empty: it would leave an empty path segment"
+                )),
+                "." | ".." => Err(format!(
+                    "`{{{source}}}` makes the path segment `{segment}`, which would change the path"
+                )),
+                _ => Ok(()),
+            }
         };
         for part in &self.parts {
             match part {

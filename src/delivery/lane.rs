@@ -22,7 +22,7 @@ use super::connection::Connection;
 use super::outcome::Verdict;
 use super::park::{self, Parked, Stored};
 use super::retry::{self, Hint};
-use super::transport::Transport;
+use super::transport::{Group, Transport};
 use crate::config::{On4xx, RetrySettings};
 use crate::store::park::{Failure, ParkStore, State};
 
@@ -238,11 +238,12 @@ impl Drop for ShortTurn<'_> {
     }
 }
 
-/// Takes the jobs at `picks` (ascending positions) out of `pending`, keeping the rest in order.
-fn take_at(pending: &mut VecDeque<Queued>, picks: &[usize]) -> Vec<Queued> {
-    if picks.iter().enumerate().all(|(i, &p)| i == p) {
-        return pending.drain(..picks.len()).collect();
-    }
+/// Takes `group`'s jobs out of `pending`, keeping the rest in order.
+fn take_group(pending: &mut VecDeque<Queued>, group: Group) -> Vec<Queued> {
+    let picks = match group {
+        Group::Front(n) => return pending.drain(..n).collect(),
+        Group::At(picks) => picks,
+    };
     let mut head = Vec::with_capacity(picks.len());
     let mut rest = VecDeque::with_capacity(pending.len());
     let mut next = picks.iter().copied().peekable();
@@ -372,10 +373,10 @@ pub(super) async fn run(
         }
         // A request carries jobs of one shape (method, URL, templated headers); a JetStream
         // group one job per ordering key.
-        let picks = shared
+        let group = shared
             .transport
             .next_group(pending.iter().map(|q| &q.job), shared.batch);
-        let head = take_at(&mut pending, &picks);
+        let head = take_group(&mut pending, group);
         // Every job left has the current epoch, so the batch is discarded as a whole or not.
         let outcome = deliver(&shared, &mut conn, &head, &mut stop, &mut turn).await;
         match outcome {
@@ -620,9 +621,9 @@ async fn deliver(
     if shared.gone.load(AtomicOrdering::Acquire) {
         // A paused target's wait is no request on the wire.
         drop(turn.take());
-    }
-    if shared.gone.load(AtomicOrdering::Acquire) && !paused(shared, stop).await {
-        return Outcome::Stopped;
+        if !paused(shared, stop).await {
+            return Outcome::Stopped;
+        }
     }
     let mut attempt: u32 = 0;
     let mut first_failure: Option<Instant> = None;

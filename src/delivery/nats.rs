@@ -87,34 +87,30 @@ impl Publisher {
             .await
     }
 
+    /// Why no message can be published for a job of this shape, if none can: its template
+    /// failed, or it is a parked row this trigger's config cannot place (a URL path parked
+    /// while the trigger sent HTTP, or no subject stored while `subject` is a template).
+    fn unsendable(&self, shape: Option<&Shape>) -> Option<String> {
+        if let Some(error) = shape.and_then(|s| s.unsendable.as_ref()) {
+            return Some(error.clone());
+        }
+        match shape.and_then(|s| s.target.as_deref()) {
+            Some(path) if path.starts_with('/') => Some(format!(
+                "`{path}` is a URL path, not a subject: it was parked when this trigger sent HTTP"
+            )),
+            None if self.spec.subject_template.is_some() => Some(
+                "no subject was stored for it (it was parked before `subject` was a template)"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
+    }
+
     /// Publishes `jobs` pipelined and waits for every acknowledgement: delivered only when
     /// all were stored (a redelivered one counts: the stream already holds it).
     pub async fn publish(&self, jobs: &[(&str, &Bytes, Option<&Shape>)]) -> Attempt {
-        if let Some(error) = jobs
-            .iter()
-            .find_map(|(_, _, s)| s.and_then(|s| s.unsendable.clone()))
-        {
+        if let Some(error) = jobs.iter().find_map(|(_, _, s)| self.unsendable(*s)) {
             return failed(HttpError::Unsendable(error));
-        }
-        // A parked row's target is its subject, unless an HTTP trigger of this name parked it.
-        let parked_path = jobs
-            .iter()
-            .filter_map(|(_, _, s)| s.and_then(|s| s.target.as_deref()))
-            .find(|t| t.starts_with('/'));
-        if let Some(path) = parked_path {
-            return failed(HttpError::Unsendable(format!(
-                "`{path}` is a URL path, not a subject: it was parked when this trigger sent HTTP"
-            )));
-        }
-        if self.spec.subject_template.is_some()
-            && jobs
-                .iter()
-                .any(|(_, _, s)| s.and_then(|s| s.target.as_ref()).is_none())
-        {
-            return failed(HttpError::Unsendable(
-                "no subject was stored for it (it was parked before `subject` was a template)"
-                    .to_owned(),
-            ));
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
         let context = match tokio::time::timeout_at(deadline, self.context()).await {

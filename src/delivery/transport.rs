@@ -45,6 +45,25 @@ impl Prepared {
     }
 }
 
+/// A lane's next group, as [`Transport::next_group`] picks it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Group {
+    /// The first n jobs.
+    Front(usize),
+    /// The jobs at these ascending positions.
+    At(Vec<usize>),
+}
+
+impl Group {
+    /// How many jobs it holds.
+    pub fn len(&self) -> usize {
+        match self {
+            Group::Front(n) => *n,
+            Group::At(picks) => picks.len(),
+        }
+    }
+}
+
 /// Whether no request can be made for `j` (a template or `body` failed for it).
 fn unsendable(j: &Job) -> bool {
     j.shape.as_deref().is_some_and(|s| s.unsendable.is_some())
@@ -98,7 +117,7 @@ impl Transport {
         matches!(self, Transport::Http(_))
     }
 
-    /// The positions in `jobs` (a lane's queue, in order) of its next group.
+    /// Which of `jobs` (a lane's queue, in order) make its next group.
     ///
     /// - HTTP: the longest run from the start that [`Transport::fits`] (one request shape).
     /// - JetStream: the first job of each ordering key, up to `batch`, wherever it stands in
@@ -108,7 +127,7 @@ impl Transport {
     ///   still fills a group (the inserts; then the updates).
     ///
     /// An unsendable job at the front goes alone.
-    pub fn next_group<'a>(&self, jobs: impl Iterator<Item = &'a Job>, batch: usize) -> Vec<usize> {
+    pub fn next_group<'a>(&self, jobs: impl Iterator<Item = &'a Job>, batch: usize) -> Group {
         match self {
             Transport::Http(_) => {
                 let mut group: Vec<&Job> = Vec::new();
@@ -118,9 +137,9 @@ impl Transport {
                     }
                     group.push(j);
                 }
-                (0..group.len()).collect()
+                Group::Front(group.len())
             }
-            Transport::Nats(_) => first_per_key(jobs, batch),
+            Transport::Nats(_) => Group::At(first_per_key(jobs, batch)),
         }
     }
 
