@@ -383,7 +383,11 @@ async fn a_batch_holds_events_of_one_shape_only() {
     let rx_http = slow_first_receiver().await;
     let mut t = target(rx_http.url());
     t.delivery.batch = nz(10);
+    t.delivery.batch_linger = Duration::from_secs(1);
     let (d, mut rx) = start(t);
+    // Catching up: the lane waits (up to the linger) until all ten are queued, so how they
+    // are cut into requests depends on their shapes only, not on how fast they came.
+    d.set_behind(true);
     // 0: the trigger's own request; 1-4: PUT /items/a; 5-6: DELETE /items/b; 7: unsendable;
     // 8-9: PUT /items/a again.
     let shape = |i: u64| -> Option<Box<Shape>> {
